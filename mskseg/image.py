@@ -1,0 +1,207 @@
+"""One image type for all of MSKSeg: voxels plus geometry in LPS physical space.
+
+Conventions (the same as SimpleITK's, so converting costs nothing and loses nothing):
+
+* ``array`` is in numpy order: shape ``(K, J, I)`` = ``(slices, rows, columns)`` for a volume,
+  ``(J, I)`` for a 2D image such as a radiograph.
+* ``spacing``, ``origin`` and the columns of ``direction`` are in index order ``(i, j[, k])``.
+* ``origin`` is the LPS position in mm of the centre of voxel ``(0, 0, 0)``; the direction column ``c`` is the
+  LPS unit vector along index axis ``c``. Physical point = origin + direction @ (spacing * index).
+* Slicer (RAS) differs only by the sign of the first two physical axes: see :meth:`Image.ijk_to_ras`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import GeometryMismatchError, InvalidImageError
+
+#: DICOM attributes that readers carry into ``Image.metadata`` when present.
+DICOM_METADATA_KEYS = (
+    "Modality", "PatientSex", "PatientAge", "PatientSize", "PatientWeight", "StudyDate",
+    "SeriesDescription", "ContrastBolusAgent", "PatientID", "StudyInstanceUID", "SeriesInstanceUID",
+    "Manufacturer", "BodyPartExamined",
+)
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass(eq=False)
+class Image:
+    """Voxels with their place in the patient.
+
+    Args:
+        array: voxel values, shape ``(K, J, I)`` (3D) or ``(J, I)`` (2D).
+        spacing: voxel size in mm per index axis ``(i, j[, k])``; every value must be > 0.
+        origin: LPS position (mm) of the centre of the first voxel, length = ndim.
+        direction: ``ndim x ndim`` matrix whose columns are the LPS directions of the index axes.
+        metadata: free-form attributes (DICOM attributes of ``DICOM_METADATA_KEYS``, ``source_path``,
+            ``source_files`` for DICOM series, ...).
+
+    Raises:
+        InvalidImageError: for a 4D (or 1D) array, non-positive spacing, or inconsistent geometry.
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...] = None  # type: ignore[assignment]
+    direction: np.ndarray = None  # type: ignore[assignment]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.array = np.asarray(self.array)
+        nd = self.array.ndim
+        if nd not in (2, 3):
+            raise InvalidImageError(
+                f"image has {nd} dimensions (shape {self.array.shape}); MSKSeg works on 2D images and 3D volumes",
+                "for a 4D or multi-component image (time series, RGB volume) extract one 3D volume first",
+            )
+        self.spacing = tuple(float(s) for s in np.ravel(self.spacing))
+        if len(self.spacing) != nd:
+            raise InvalidImageError(f"spacing {self.spacing} has {len(self.spacing)} values for a {nd}D image")
+        if not all(np.isfinite(s) and s > 0 for s in self.spacing):
+            raise InvalidImageError(
+                f"voxel spacing {self.spacing} mm has a zero, negative or non-finite value",
+                "fix the file's header (NRRD 'space directions', NIfTI pixdim, DICOM PixelSpacing/slice positions)",
+            )
+        self.origin = tuple(float(o) for o in np.ravel(self.origin)) if self.origin is not None else (0.0,) * nd
+        if len(self.origin) != nd:
+            raise InvalidImageError(f"origin {self.origin} has {len(self.origin)} values for a {nd}D image")
+        d = np.eye(nd) if self.direction is None else np.asarray(self.direction, dtype=float).reshape(nd, nd)
+        if not np.all(np.isfinite(d)) or abs(abs(np.linalg.det(d)) - 1.0) > 1e-3:
+            raise InvalidImageError(f"direction matrix {d.tolist()} is not orthonormal")
+        self.direction = d
+
+    # ----------------------------------------------------------------- shape
+    @property
+    def ndim(self) -> int:
+        """2 for a radiograph or single slice, 3 for a volume."""
+        return self.array.ndim
+
+    @property
+    def size(self) -> tuple[int, ...]:
+        """Number of voxels per index axis, in ``(i, j[, k])`` order (the reverse of ``array.shape``)."""
+        return tuple(int(s) for s in self.array.shape[::-1])
+
+    @property
+    def modality(self) -> str | None:
+        """DICOM Modality (``CT``, ``MR``, ``DX``, ...) when known."""
+        return self.metadata.get("Modality")
+
+    # ----------------------------------------------------------------- geometry
+    def ijk_to_lps(self) -> np.ndarray:
+        """4x4 matrix from homogeneous index ``(i, j, k, 1)`` to LPS mm. A 2D image is embedded at k = 0."""
+        m = np.eye(4)
+        nd = self.ndim
+        m[:nd, :nd] = self.direction * np.asarray(self.spacing)[None, :]
+        m[:nd, 3] = self.origin
+        return m
+
+    def ijk_to_ras(self) -> np.ndarray:
+        """4x4 matrix from homogeneous index to RAS mm, as Slicer's ``GetIJKToRASMatrix`` gives it."""
+        return LPS_TO_RAS @ self.ijk_to_lps()
+
+    def index_to_physical(self, index: np.ndarray) -> np.ndarray:
+        """LPS mm of continuous indices ``(..., ndim)`` given in ``(i, j[, k])`` order."""
+        index = np.asarray(index, dtype=float)
+        return np.asarray(self.origin) + (index * np.asarray(self.spacing)) @ self.direction.T
+
+    def physical_to_index(self, point: np.ndarray) -> np.ndarray:
+        """Continuous ``(i, j[, k])`` indices of LPS points ``(..., ndim)``."""
+        point = np.asarray(point, dtype=float) - np.asarray(self.origin)
+        return (point @ self.direction) / np.asarray(self.spacing)
+
+    def same_grid(self, other: "Image", tol: float = 1e-3) -> bool:
+        """True when ``other`` has the same size, spacing, origin and direction (within ``tol`` mm/ratio)."""
+        return (
+            self.size == other.size
+            and np.allclose(self.spacing, other.spacing, atol=tol * max(self.spacing), rtol=0)
+            and np.allclose(self.origin, other.origin, atol=tol * 10, rtol=0)
+            and np.allclose(self.direction, other.direction, atol=tol)
+        )
+
+    def check_same_grid(self, other: "Image", what: str = "label map") -> None:
+        """Raise :class:`GeometryMismatchError` naming the difference when ``other`` is on another grid."""
+        if self.same_grid(other):
+            return
+        diffs = []
+        if self.size != other.size:
+            diffs.append(f"size {other.size} vs {self.size}")
+        if not np.allclose(self.spacing, other.spacing, atol=1e-3 * max(self.spacing)):
+            diffs.append(f"spacing {_fmt(other.spacing)} vs {_fmt(self.spacing)} mm")
+        if not np.allclose(self.origin, other.origin, atol=1e-2):
+            diffs.append(f"origin {_fmt(other.origin)} vs {_fmt(self.origin)} mm")
+        if not np.allclose(self.direction, other.direction, atol=1e-3):
+            diffs.append("direction matrices differ")
+        raise GeometryMismatchError(
+            f"the {what} is not on the image's grid: " + "; ".join(diffs),
+            f"resample the {what} onto the image (e.g. Slicer's 'Resample Image (BRAINS)' or "
+            "sitk.Resample with nearest-neighbour interpolation) before using them together",
+        )
+
+    def with_array(self, array: np.ndarray, keep_metadata: bool = True) -> "Image":
+        """A new image with ``array`` on exactly this image's grid (``array.shape`` must equal ``self.array.shape``)."""
+        array = np.asarray(array)
+        if array.shape != self.array.shape:
+            raise GeometryMismatchError(f"array shape {array.shape} does not match the image shape {self.array.shape}")
+        return Image(array, self.spacing, self.origin, self.direction.copy(), dict(self.metadata) if keep_metadata else {})
+
+    def axial_slice(self, k: int) -> "Image":
+        """The 2D image of slice ``k`` of a volume, with its in-plane geometry (origin at that slice)."""
+        if self.ndim != 3:
+            raise InvalidImageError("axial_slice needs a 3D volume")
+        if not 0 <= k < self.array.shape[0]:
+            raise InvalidImageError(f"slice index {k} is outside the volume (0..{self.array.shape[0] - 1})")
+        origin3 = self.index_to_physical(np.array([0.0, 0.0, float(k)]))
+        return Image(self.array[k], self.spacing[:2], origin3[:2], self.direction[:2, :2] if
+                     abs(abs(np.linalg.det(self.direction[:2, :2])) - 1) < 1e-3 else np.eye(2), dict(self.metadata))
+
+    # ----------------------------------------------------------------- SimpleITK
+    def to_sitk(self):
+        """This image as a ``SimpleITK.Image`` (copies the voxels)."""
+        import SimpleITK as sitk
+
+        arr = self.array
+        if arr.dtype == np.bool_:
+            arr = arr.astype(np.uint8)
+        img = sitk.GetImageFromArray(arr)
+        img.SetSpacing(self.spacing)
+        img.SetOrigin(self.origin)
+        img.SetDirection(tuple(self.direction.ravel()))
+        return img
+
+    @classmethod
+    def from_sitk(cls, img, metadata: dict[str, Any] | None = None) -> "Image":
+        """An :class:`Image` from a scalar ``SimpleITK.Image`` (2D or 3D)."""
+        import SimpleITK as sitk
+
+        if img.GetNumberOfComponentsPerPixel() != 1:
+            raise InvalidImageError(
+                f"image has {img.GetNumberOfComponentsPerPixel()} components per voxel; MSKSeg needs a scalar image"
+            )
+        nd = img.GetDimension()
+        return cls(
+            sitk.GetArrayFromImage(img),
+            img.GetSpacing(),
+            img.GetOrigin(),
+            np.asarray(img.GetDirection()).reshape(nd, nd),
+            dict(metadata or {}),
+        )
+
+    def describe(self) -> str:
+        """A few lines a person can read: size, spacing, origin, direction, value range."""
+        lines = [
+            f"dimensions  {self.ndim}D, size {' x '.join(map(str, self.size))} voxels",
+            f"spacing     {_fmt(self.spacing)} mm",
+            f"origin      {_fmt(self.origin)} mm (LPS)",
+            "direction   " + "  ".join(_fmt(c) for c in self.direction.T),
+            f"extent      {_fmt(tuple(n * s for n, s in zip(self.size, self.spacing)))} mm",
+            f"values      {self.array.dtype}, min {self.array.min():g}, max {self.array.max():g}",
+        ]
+        return "\n".join(lines)
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
