@@ -1,0 +1,64 @@
+"""Helpers every writer uses: refuse to overwrite, check label maps against their image."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InvalidImageError, OutputExistsError
+from ..image import Image
+
+#: ``labels`` everywhere in MSKSeg: label value in the label map -> class name (a key of terminology.CLASSES
+#: or any user name). Label 0 is background and never listed.
+Labels = dict[int, str]
+
+
+def prepare_output(path: str | Path, overwrite: bool = False) -> Path:
+    """Return ``path`` ready to write: parent folders made, and an existing file refused unless ``overwrite``.
+
+    Raises:
+        OutputExistsError: ``path`` exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(
+            f"{path} already exists; MSKSeg does not overwrite files silently",
+            "choose another output path, remove the file, or pass overwrite=True (command line: --overwrite)",
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_labelmap(labelmap: Image, labels: Labels, source: Image | None = None) -> np.ndarray:
+    """Validate a label map and return its voxels as an unsigned integer array.
+
+    Checks that the map holds integers, that ``labels`` names valid values (1..65535), and, when ``source`` is
+    given, that the map lies exactly on the source grid. Values present in the map but absent from ``labels``
+    are an error (they would be lost silently).
+
+    Raises:
+        InvalidImageError, GeometryMismatchError
+    """
+    arr = np.asarray(labelmap.array)
+    if arr.dtype.kind == "b":
+        arr = arr.astype(np.uint8)
+    if arr.dtype.kind not in "iu":
+        if not np.all(np.mod(arr, 1) == 0):
+            raise InvalidImageError(f"label map has non-integer values (dtype {arr.dtype}); expected integer labels")
+        arr = arr.astype(np.int64)
+    if arr.size and arr.min() < 0:
+        raise InvalidImageError(f"label map has negative values (min {arr.min()}); labels must be 0..65535")
+    for value in labels:
+        if not 1 <= int(value) <= 65535:
+            raise InvalidImageError(f"label value {value} ({labels[value]}) is outside 1..65535")
+    present = set(np.unique(arr).tolist()) - {0}
+    unnamed = sorted(present - {int(v) for v in labels})
+    if unnamed:
+        raise InvalidImageError(
+            f"label map holds values {unnamed} that have no name in labels {dict(labels)}",
+            "name every label value (e.g. {1: 'skeletal_muscle', ...}) so that no segment is lost",
+        )
+    if source is not None:
+        source.check_same_grid(labelmap, "label map")
+    dtype = np.uint8 if (not arr.size or arr.max() < 256) else np.uint16
+    return arr.astype(dtype, copy=False)
