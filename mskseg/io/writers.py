@@ -102,7 +102,7 @@ def _jsonable(v: Any) -> Any:
 
 
 def pick_report_slices(labelmap: Image, n: int = 3) -> list[int]:
-    """Slice indices worth showing: the slice with the most labelled voxels and evenly spread labelled slices."""
+    """Up to ``n`` axial slices spread over the labelled range, one of them the slice with the most labels."""
     arr = np.asarray(labelmap.array)
     if arr.ndim == 2:
         return [0]
@@ -112,8 +112,9 @@ def pick_report_slices(labelmap: Image, n: int = 3) -> list[int]:
         return [arr.shape[0] // 2]
     best = int(np.argmax(counts))
     spread = np.unique(np.linspace(nz[0], nz[-1], num=min(n, nz.size)).round().astype(int)).tolist()
-    out = [best] + [k for k in spread if k != best]
-    return sorted(out[:n])
+    nearest = min(range(len(spread)), key=lambda i: abs(spread[i] - best))
+    spread[nearest] = best  # the fullest slice replaces its nearest evenly spaced neighbour
+    return sorted(set(spread))
 
 
 def write_overlay_png(path: str | Path, image: Image, labelmap: Image, labels: Labels, *,

@@ -1,0 +1,359 @@
+"""The ``mskseg`` command: the MSKSeg core without Slicer, for one scan or a whole cohort.
+
+Every subcommand prints what it did; bad input gives one clear error line (and a hint) on stderr and exit
+status 2, never a traceback. ``--debug`` shows the traceback of unexpected internal errors.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .errors import MSKSegError
+
+EPILOG = """\
+examples:
+  mskseg demo --out demo-out                 make a synthetic abdominal CT (DICOM), export it in every format
+  mskseg info path/to/dicom-folder           geometry, modality, patient attributes, series found
+  mskseg export ct.nii.gz labels.nii.gz --labels 1=skeletal_muscle,2=subcutaneous_fat --out results/
+                                             label map -> .seg.nrrd, DICOM-SEG (DICOM input), NIfTI, CSV, PNG
+  mskseg segment scan1/ scan2.nii.gz --model Resources/Models/<card>.json --out results/
+                                             run a model card on one scan or a cohort (one sub-folder each)
+  mskseg models                              list installed model cards
+  mskseg device                              which device inference will use, and why
+
+Images: a DICOM series folder (uncompressed or JPEG 2000; several series: --series UID), a DICOM file,
+NIfTI, NRRD, MHA, or a radiograph (DICOM DX/CR, PNG, JPEG). Nothing is downloaded; nothing is overwritten
+unless --overwrite is given. Documentation: README.md of the MSKSeg extension.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``mskseg`` command (all subcommands)."""
+    p = argparse.ArgumentParser(
+        prog="mskseg",
+        description="MSKSeg: AI segmentation of musculoskeletal CT and radiographs (body composition at L3, "
+                    "bones, lumbar spine), headless. The same core runs inside 3D Slicer.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"mskseg {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected internal errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("info", help="describe an image: geometry, modality, patient attributes, series found",
+                       description="Read an image or DICOM folder and print its geometry (size, spacing, origin, "
+                                   "direction in LPS), modality, the patient attributes MSKSeg uses (sex, age, "
+                                   "height, weight, contrast) and, for folders, every DICOM series found.")
+    s.add_argument("image", help="image file or DICOM folder")
+    s.add_argument("--series", metavar="UID", help="SeriesInstanceUID to read when the folder holds several")
+    s.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    s = sub.add_parser("demo", help="run the whole input/output path on a synthetic CT made on the spot",
+                       description="Make a synthetic abdominal CT, write it as a DICOM series, read it back, and "
+                                   "export its true label map as .seg.nrrd, DICOM-SEG, NIfTI, CSV, JSON and a "
+                                   "PNG report. Needs no data and no network.")
+    s.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    s.add_argument("--overwrite", action="store_true", help="replace files from an earlier run")
+
+    s = sub.add_parser("export", help="export a label map on its image: .seg.nrrd, DICOM-SEG, NIfTI, CSV, PNG",
+                       description="Write a label map (NIfTI/NRRD/.seg.nrrd/MHA) that lies on an image's grid in "
+                                   "the formats asked for. DICOM-SEG needs the image as a DICOM series folder.")
+    s.add_argument("image", help="the image the label map belongs to (file or DICOM folder)")
+    s.add_argument("labelmap", help="label map file on the same grid (a .seg.nrrd brings its own names)")
+    _add_output_args(s)
+    s.add_argument("--labels", metavar="V=NAME,...",
+                   help="names of the label values, e.g. 1=skeletal_muscle,2=subcutaneous_fat (class names of "
+                        "`mskseg terminology`; other names are allowed). Default: the .seg.nrrd names, else label_V")
+    s.add_argument("--series", metavar="UID", help="SeriesInstanceUID when the image folder holds several series")
+
+    s = sub.add_parser("segment", help="run a model card on one scan or a cohort",
+                       description="Segment each image with the network a model card describes and write the "
+                                   "results of each into OUT/<case name>/. Weights are checked against the card's "
+                                   "sha256 before use. Runs on CUDA, then MPS, then CPU unless --device says.")
+    s.add_argument("images", nargs="+", help="image files or DICOM folders (a cohort: list them all)")
+    s.add_argument("--model", required=True, metavar="CARD", help="model card JSON (see `mskseg models`)")
+    _add_output_args(s)
+    s.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    s.add_argument("--series", metavar="UID", help="SeriesInstanceUID when a folder holds several series")
+
+    s = sub.add_parser("models", help="list installed model cards",
+                       description="List model cards found in $MSKSEG_MODELS_DIR and Resources/Models/.")
+    s.add_argument("--dir", action="append", metavar="DIR", help="also search this folder (repeatable)")
+
+    s = sub.add_parser("device", help="report the inference device and why it was chosen")
+    s.add_argument("--device", default="auto", help="preference: auto, cpu, cuda, cuda:N, mps")
+
+    s = sub.add_parser("terminology", help="list class names and codes, or write Slicer's .term.json")
+    s.add_argument("--write", metavar="PATH", help="write the Slicer terminology file to PATH")
+    s.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def _add_output_args(s: argparse.ArgumentParser) -> None:
+    from .io.export import FORMATS
+
+    s.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    s.add_argument("--formats", default=",".join(FORMATS), metavar="LIST",
+                   help=f"comma-separated subset of {','.join(FORMATS)} (default: all; DICOM-SEG only for DICOM input)")
+    s.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mskseg`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    try:
+        return {"info": cmd_info, "demo": cmd_demo, "export": cmd_export, "segment": cmd_segment,
+                "models": cmd_models, "device": cmd_device, "terminology": cmd_terminology}[args.command](args)
+    except MSKSegError as e:
+        print(f"mskseg {args.command}: error: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"  hint: {e.hint}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mskseg: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # an internal error: say so plainly, keep the traceback for --debug
+        if args.debug:
+            raise
+        print(f"mskseg {args.command}: internal error: {type(e).__name__}: {e}\n"
+              "  hint: run again with --debug for the traceback, and report it with the command you ran",
+              file=sys.stderr)
+        return 1
+
+
+# ------------------------------------------------------------------------------------------------ commands
+def cmd_info(args) -> int:
+    """``mskseg info``: geometry, modality, patient attributes and series of an image."""
+    from .io import list_dicom_series, read_image
+
+    path = Path(args.image)
+    series = list_dicom_series(path) if path.is_dir() else []
+    image = read_image(path, series_uid=args.series)
+    meta = {k: v for k, v in image.metadata.items() if k != "source_files"}
+    if args.json:
+        print(json.dumps({
+            "size": image.size, "spacing": image.spacing, "origin": image.origin,
+            "direction": image.direction.tolist(), "dtype": str(image.array.dtype),
+            "min": float(image.array.min()), "max": float(image.array.max()), "metadata": meta,
+            "series": [s.__dict__ for s in series],
+            "n_files": len(image.metadata.get("source_files", [])) or None}, indent=2))
+        return 0
+    print(f"{path}")
+    print(image.describe())
+    print(f"format      {meta.get('format', '?')}" + (f", {len(image.metadata['source_files'])} DICOM files"
+                                                     if image.metadata.get("source_files") else ""))
+    for key in ("Modality", "SeriesDescription", "StudyDate", "PatientSex", "PatientAge", "PatientSize",
+                "PatientWeight", "ContrastBolusAgent", "Manufacturer", "BodyPartExamined", "SeriesInstanceUID"):
+        if key in meta:
+            unit = {"PatientSize": " m", "PatientWeight": " kg"}.get(key, "")
+            print(f"{key:18s}{meta[key]}{unit}")
+    if series:
+        print(f"series found ({len(series)}):")
+        for s in series:
+            print("  " + s.line())
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """``mskseg demo``: synthetic CT -> DICOM -> read back -> every export format."""
+    from tqdm import tqdm
+
+    from .demo import DEMO_LABELS, demo_ct
+    from .io import read_image
+    from .io.dicomwrite import write_dicom_series
+    from .io.export import export_result
+
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    steps = tqdm(total=4, desc="demo", unit="step", file=sys.stderr, disable=not sys.stderr.isatty())
+    ct, truth = demo_ct()
+    steps.update()
+    dicom_dir = out / "ct-dicom"
+    write_dicom_series(ct, dicom_dir, overwrite=args.overwrite)
+    steps.update()
+    image = read_image(dicom_dir)
+    # The DICOM reader stacks slices along the slice normal: map the true labels onto the grid read back.
+    labelmap = image.with_array(_resample_nearest(truth, image), keep_metadata=False)
+    steps.update()
+    written = export_result(out, image, labelmap, DEMO_LABELS, overwrite=args.overwrite,
+                            title="MSKSeg demo: synthetic abdominal CT, true labels",
+                            summary={"input": str(dicom_dir), "note": "synthetic CT and its true label map"})
+    steps.update()
+    steps.close()
+    print(f"synthetic CT written as DICOM: {dicom_dir} ({image.size[2]} slices)")
+    for p in written:
+        print(f"wrote {p}")
+    print(f"done in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _resample_nearest(labelmap, reference):
+    """Label voxels of ``labelmap`` on ``reference``'s grid (nearest neighbour); returns the array."""
+    import SimpleITK as sitk
+
+    if labelmap.same_grid(reference):
+        return labelmap.array
+    out = sitk.Resample(labelmap.to_sitk(), reference.to_sitk(), sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    return sitk.GetArrayFromImage(out)
+
+
+def _parse_labels(text: str | None) -> dict[int, str] | None:
+    from .errors import InvalidImageError
+
+    if not text:
+        return None
+    labels = {}
+    for part in text.split(","):
+        if "=" not in part:
+            raise InvalidImageError(f"--labels item '{part}' is not VALUE=NAME", "e.g. --labels 1=skeletal_muscle,2=visceral_fat")
+        v, name = part.split("=", 1)
+        try:
+            labels[int(v)] = name.strip()
+        except ValueError:
+            raise InvalidImageError(f"--labels value '{v}' is not an integer") from None
+    return labels
+
+
+def _formats(text: str) -> list[str]:
+    return [f.strip() for f in text.split(",") if f.strip()]
+
+
+def cmd_export(args) -> int:
+    """``mskseg export``: a label map on its image, in the requested formats."""
+    import numpy as np
+
+    from .io import read_image
+    from .io.export import export_result
+    from .io.segnrrd import read_seg_nrrd
+
+    image = read_image(args.image, series_uid=args.series)
+    if str(args.labelmap).lower().endswith(".seg.nrrd"):
+        labelmap, labels = read_seg_nrrd(args.labelmap)
+    else:
+        labelmap = read_image(args.labelmap)
+        labels = {}
+    given = _parse_labels(args.labels)
+    if given:
+        labels = given
+    elif not labels:
+        values = [int(v) for v in np.unique(labelmap.array) if v != 0]
+        labels = {v: f"label_{v}" for v in values}
+    image.check_same_grid(labelmap, "label map")
+    written = export_result(args.out, image, labelmap.with_array(labelmap.array), labels,
+                            formats=_formats(args.formats), overwrite=args.overwrite,
+                            title=f"{Path(args.image).name}: {Path(args.labelmap).name}")
+    for p in written:
+        print(f"wrote {p}")
+    return 0
+
+
+def cmd_segment(args) -> int:
+    """``mskseg segment``: run a model card on each image; one output folder per case."""
+    from tqdm import tqdm
+
+    from .engine import choose_device
+    from .io import read_image
+    from .io.export import export_result
+    from .models import load_model_card
+    from .pipeline import segment_image
+
+    card = load_model_card(args.model)
+    device = choose_device(args.device)
+    print(f"model   {card.title} ({card.path})")
+    print(f"device  {device.device}: {device.reason}")
+    names = _case_names(args.images)
+    failures = 0
+    for path, name in zip(args.images, names):
+        bar = tqdm(total=100, desc=name, unit="%", file=sys.stderr, disable=not sys.stderr.isatty())
+
+        def progress(fraction: float, message: str = "") -> bool:
+            bar.n = int(round(100 * fraction))
+            bar.set_postfix_str(message[:30])
+            bar.refresh()
+            return True
+
+        t0 = time.perf_counter()
+        try:
+            image = read_image(path, series_uid=args.series)
+            result = segment_image(image, card, device=device.device, progress=progress)
+            written = export_result(Path(args.out) / name, image, result.labelmap, result.labels,
+                                    formats=_formats(args.formats), overwrite=args.overwrite,
+                                    title=f"{name}: {card.title}",
+                                    summary={"input": str(path), "model": card.name, "device": device.device})
+        except MSKSegError as e:
+            if len(args.images) == 1:
+                raise
+            failures += 1
+            print(f"{name}: error: {e.message}" + (f" (hint: {e.hint})" if e.hint else ""), file=sys.stderr)
+            continue
+        finally:
+            bar.close()
+        print(f"{name}: {len(written)} files in {Path(args.out) / name} ({time.perf_counter() - t0:.1f} s)")
+    if failures:
+        print(f"{failures} of {len(args.images)} cases failed", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _case_names(paths: Sequence[str]) -> list[str]:
+    """Unique, file-system safe case names from input paths (``ct.nii.gz`` -> ``ct``)."""
+    names, seen = [], {}
+    for p in paths:
+        n = Path(p.rstrip("/")).name
+        for suffix in (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm", ".png", ".jpg", ".jpeg"):
+            if n.lower().endswith(suffix):
+                n = n[: -len(suffix)]
+                break
+        n = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in n) or "case"
+        seen[n] = seen.get(n, 0) + 1
+        names.append(n if seen[n] == 1 else f"{n}_{seen[n]}")
+    return names
+
+
+def cmd_models(args) -> int:
+    """``mskseg models``: list model cards."""
+    from .models import find_model_cards
+
+    cards = find_model_cards(args.dir)
+    if not cards:
+        print("no model cards found (searched $MSKSEG_MODELS_DIR and Resources/Models/)")
+        return 0
+    for c in cards:
+        print(f"{c.name:28s} {c.task:10s} {c.title}  [{c.path}]")
+    return 0
+
+
+def cmd_device(args) -> int:
+    """``mskseg device``: the device inference would use, and why."""
+    from .engine import choose_device
+
+    d = choose_device(args.device)
+    print(f"{d.device}: {d.reason}")
+    return 0
+
+
+def cmd_terminology(args) -> int:
+    """``mskseg terminology``: print the class table or write the Slicer terminology file."""
+    from . import terminology
+    from .io.common import prepare_output
+
+    if args.write:
+        path = prepare_output(args.write, args.overwrite)
+        terminology.write_slicer_term_json(path)
+        print(f"wrote {path}")
+        return 0
+    for c in terminology.CLASSES.values():
+        mod = f" ({c.type_modifier[2]})" if c.type_modifier else ""
+        print(f"{c.name:22s} {c.type[0]} {c.type[1]:>10s}  {c.type[2]}{mod}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
