@@ -251,10 +251,9 @@ def _read_dicom_file(p: Path) -> Image:
     if img.GetDimension() == 3 and img.GetSize()[2] == 1 and modality in PROJECTION_MODALITIES:
         img = img[:, :, 0]
     image = _from_sitk_checked(img, p)
-    if image.ndim == 2 and str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
-        # MONOCHROME1 shows high values dark; flip to MONOCHROME2 so every radiograph has bone bright.
-        a = image.array
-        image = image.with_array((a.max() + a.min() - a).astype(a.dtype))
+    if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+        # GDCM already maps MONOCHROME1 (high values shown dark) to MONOCHROME2: bone is bright for every
+        # radiograph. Recorded so nobody inverts it a second time.
         image.metadata["inverted_from"] = "MONOCHROME1"
     if image.ndim == 2 and "ImagerPixelSpacing" in ds and "PixelSpacing" not in ds:
         sp = [float(v) for v in ds.ImagerPixelSpacing]
