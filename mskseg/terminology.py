@@ -76,18 +76,18 @@ def _vertebra_color(level: str) -> tuple[int, int, int]:
 def _build_table() -> dict[str, SegmentClass]:
     t: list[SegmentClass] = [
         # Body composition (BODYCOMP.md)
-        _c("skeletal_muscle", "Skeletal muscle", TISSUE, ("SCT", "127954009", "Skeletal muscle tissue"), (192, 104, 88)),
-        _c("subcutaneous_fat", "Subcutaneous adipose tissue", TISSUE, ("SCT", "67769002", "Subcutaneous fat"), (240, 220, 90)),
-        _c("visceral_fat", "Visceral adipose tissue", TISSUE, ("SCT", "725274000", "Visceral adipose tissue"), (255, 150, 40)),
+        _c("skeletal_muscle", "Skeletal muscle", TISSUE, ("SCT", "127954009", "Skeletal muscle"), (192, 104, 88)),
+        _c("subcutaneous_fat", "Subcutaneous adipose tissue", TISSUE, ("SCT", "67769002", "Subcutaneous fatty tissue"), (240, 220, 90)),
+        _c("visceral_fat", "Visceral adipose tissue", TISSUE, ("SCT", "55603005", "Fat"), (255, 150, 40)),
         _c("intermuscular_fat", "Intermuscular adipose tissue", TISSUE, ("SCT", "55603005", "Fat"), (130, 210, 200)),
         # Muscle groups at L3
-        _c("psoas", "Psoas muscle", ANATOMY, ("SCT", "71685009", "Psoas muscle"), (205, 75, 75)),
-        _c("paraspinal", "Paraspinal muscles", ANATOMY, ("SCT", "244848004", "Erector spinae muscle"), (170, 60, 110)),
-        _c("abdominal_wall", "Abdominal wall muscles", ANATOMY, ("SCT", "83638000", "Abdominal wall muscle"), (225, 130, 90)),
+        _c("psoas", "Psoas muscle", ANATOMY, ("SCT", "68455001", "Iliopsoas muscle"), (205, 75, 75)),
+        _c("paraspinal", "Paraspinal muscles", ANATOMY, ("SCT", "44947003", "Erector spinae muscle"), (170, 60, 110)),
+        _c("abdominal_wall", "Abdominal wall muscles", ANATOMY, ("SCT", "1142228004", "Abdominal wall muscle"), (225, 130, 90)),
         # Bones
         _c("sacrum", "Sacrum", ANATOMY, ("SCT", "54735007", "Sacrum"), (250, 220, 170)),
-        _c("hip_left", "Left hip bone", ANATOMY, ("SCT", "29836001", "Hip bone"), (200, 160, 200), LEFT),
-        _c("hip_right", "Right hip bone", ANATOMY, ("SCT", "29836001", "Hip bone"), (160, 120, 200), RIGHT),
+        _c("hip_left", "Left hip bone", ANATOMY, ("SCT", "29836001", "Hip"), (200, 160, 200), LEFT),
+        _c("hip_right", "Right hip bone", ANATOMY, ("SCT", "29836001", "Hip"), (160, 120, 200), RIGHT),
         _c("femur_left", "Left femur", ANATOMY, ("SCT", "71341001", "Femur"), (180, 210, 250), LEFT),
         _c("femur_right", "Right femur", ANATOMY, ("SCT", "71341001", "Femur"), (120, 170, 240), RIGHT),
         _c("sternum", "Sternum", ANATOMY, ("SCT", "56873002", "Sternum"), (230, 200, 140)),
