@@ -1,7 +1,8 @@
 """MSKSeg core: AI segmentation of musculoskeletal CT and radiographs.
 
-The package has no Qt, CTK or Slicer application dependency. Slicer-specific code lives in
-:mod:`mskseg.mrml` only. Heavy dependencies (torch, MONAI, SimpleITK) are imported lazily by the
+The package has no Qt, CTK or Slicer application dependency. MRML (scene and node) code lives in
+:mod:`mskseg.mrml` only; :mod:`mskseg.slicer_setup` holds the few helpers the module shells share inside the
+Slicer application (dependency installation, progress relay), importing Slicer lazily. Heavy dependencies (torch, MONAI, SimpleITK) are imported lazily by the
 submodules that need them, so ``import mskseg`` is cheap.
 """
 from __future__ import annotations

@@ -1,0 +1,531 @@
+"""The Slicer extension layout and the three module shells, checked without 3D Slicer.
+
+Full Slicer cannot run here, so these tests pin what can be pinned outside it: the shared static check
+(``check_slicer_shells.py``), that each ``.ui`` is valid Qt Designer XML whose bound widgets can really be
+connected by Slicer's parameter-node wrapper, the CMake lists, the icons, the terminology file, and the
+Slicer-side helpers of :mod:`mskseg.slicer_setup`. The module files themselves are imported with stand-ins
+for the few Slicer parts that need the GUI (``ScriptedLoadableModule``, ``parameterNodeWrapper``), over the
+real MRML classes of slicer-core, so that their parameter-node annotations and their logic are exercised.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import json
+import pathlib
+import re
+import struct
+import subprocess
+import sys
+import types
+import typing
+import unittest
+import xml.etree.ElementTree as ET
+from types import SimpleNamespace
+
+import pytest
+
+import mskseg
+from conftest import REPO, SHARED, require
+from mskseg import slicer_setup
+from mskseg.errors import MSKSegError
+from mskseg.terminology import slicer_term_json
+
+MODULES = ("SarcopeniaSeg", "BoneSeg", "SpineSeg")
+TASKS = {"SarcopeniaSeg": "sarcopenia", "BoneSeg": "bone", "SpineSeg": "spine"}
+TITLES = {"SarcopeniaSeg": "Sarcopenia Segmentation", "BoneSeg": "Bone Segmentation", "SpineSeg": "Spine Segmentation"}
+COMMON_FIELDS = {"inputVolume", "modelCard", "device", "outputSegmentation", "exportFolder", "overwrite"}
+SARCOPENIA_FIELDS = {"height_m", "weight_kg", "sex", "cutoffSet", "slabSlices", "muscleGroups"}
+#: Top-level imports a module file may have: Slicer starts every module at start-up, so nothing heavy.
+ALLOWED_TOP_IMPORTS = {"importlib.util", "os", "pathlib", "sys", "typing", "__future__", "vtk", "slicer",
+                       "slicer.parameterNodeWrapper", "slicer.ScriptedLoadableModule", "slicer.util",
+                       "mskseg", "mskseg.mrml"}
+
+
+def _ui(module: str) -> ET.Element:
+    return ET.parse(REPO / module / "Resources" / "UI" / f"{module}.ui").getroot()
+
+
+def _bound_widgets(module: str) -> dict[str, ET.Element]:
+    """SlicerParameterName -> widget element of the module's .ui."""
+    bound = {}
+    for widget in _ui(module).iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound["".join(prop.itertext()).strip()] = widget
+    return bound
+
+
+def _source_tree(module: str) -> ast.Module:
+    path = REPO / module / f"{module}.py"
+    return ast.parse(path.read_text(), str(path))
+
+
+# ------------------------------------------------------------------------------ the shared static check
+def test_shared_static_check_reports_no_problem():
+    tool = require(SHARED / "tools" / "check_slicer_shells.py")
+    result = subprocess.run([sys.executable, str(tool)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert "problems 0" in result.stdout, result.stdout + result.stderr
+    assert result.returncode == 0
+
+
+# ------------------------------------------------------------------------------ .ui files
+@pytest.mark.parametrize("module", MODULES)
+def test_ui_is_designer_xml_with_a_qmrmlwidget_root_named_after_the_module(module):
+    root = _ui(module)
+    assert root.tag == "ui" and root.get("version") == "4.0"
+    assert root.findtext("class") == module
+    top = root.find("widget")
+    assert top.get("class") == "qMRMLWidget" and top.get("name") == module
+    names = [w.get("name") for w in root.iter("widget")]
+    assert len(names) == len(set(names)), "duplicate objectNames"
+    custom = {c.findtext("class") for c in root.iter("customwidget")}
+    used = {w.get("class") for w in root.iter("widget")}
+    assert {c for c in used if c.startswith(("ctk", "qMRML"))} <= custom, "a ctk/qMRML widget is not declared"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_node_selector_receives_the_scene(module):
+    """A qMRMLNodeComboBox not connected to mrmlSceneChanged stays empty in Slicer."""
+    root = _ui(module)
+    selectors = {w.get("name") for w in root.iter("widget") if w.get("class") == "qMRMLNodeComboBox"}
+    connected = {c.findtext("receiver") for c in root.iter("connection")
+                 if c.findtext("sender") == module and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+                 and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    assert selectors and selectors <= connected
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_ui_binds_every_parameter_but_the_model_card(module):
+    """modelCard has run-time choices, which connectGui cannot bind: the widget syncs it in code."""
+    expected = COMMON_FIELDS | (SARCOPENIA_FIELDS if module == "SarcopeniaSeg" else set())
+    assert set(_bound_widgets(module)) == expected - {"modelCard"}
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_ui_holds_the_widgets_the_shared_widget_code_uses(module):
+    names = {w.get("name") for w in _ui(module).iter("widget")}
+    used_by_mixin = {node.attr for node in ast.walk(ast.parse((REPO / "mskseg" / "slicer_setup.py").read_text()))
+                     if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+                     and node.value.attr == "ui"}
+    assert set(slicer_setup.TaskWidgetMixin.COMMON_WIDGETS) == used_by_mixin
+    assert used_by_mixin <= names
+    assert {"applyButton", "inputVolumeSelector", "outputSegmentationSelector"} <= names
+
+
+# ------------------------------------------------------------------------------ CMake
+@pytest.mark.parametrize("module", MODULES)
+def test_module_cmakelists_lists_its_files_and_registers_its_tests(module):
+    text = (REPO / module / "CMakeLists.txt").read_text()
+    assert re.search(rf"set\(MODULE_NAME {module}\)", text)
+    for entry in ("${MODULE_NAME}.py", "Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui"):
+        assert entry in text
+    assert re.search(r"slicerMacroBuildScriptedModule\(.*NAME \$\{MODULE_NAME\}.*WITH_GENERIC_TESTS.*\)", text, re.S)
+    testing = re.search(r"if\(BUILD_TESTING\)(.*?)endif\(\)", text, re.S)
+    assert testing and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in testing.group(1)
+    for relative in ("{m}.py", "Resources/Icons/{m}.png", "Resources/UI/{m}.ui"):
+        assert (REPO / module / relative.format(m=module)).is_file()
+
+
+def test_top_cmakelists_declares_the_extension_and_installs_the_core():
+    text = (REPO / "CMakeLists.txt").read_text()
+    assert re.search(r"^project\(MSKSeg\)", text, re.M)
+    fields = dict(re.findall(r'set\((EXTENSION_[A-Z]+) "([^"]*)"\)', text))
+    for field in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
+        assert fields.get(f"EXTENSION_{field}"), f"EXTENSION_{field} missing or empty"
+    assert fields["EXTENSION_CATEGORY"] == "Segmentation"
+    assert fields["EXTENSION_CONTRIBUTORS"] == "MSKSeg contributors"
+    assert "PyTorch" in fields["EXTENSION_DEPENDS"].split()
+    order = [text.index(s) for s in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})",
+                                     "include(${Slicer_EXTENSION_GENERATE_CONFIG})",
+                                     "include(${Slicer_EXTENSION_CPACK})")]
+    assert order == sorted(order)
+    for module in MODULES:
+        assert f"add_subdirectory({module})" in text
+    assert "mskseg/*.py" in text and "mskseg/*.json" in text
+    assert "Resources/Models/*" in text and "Resources/MSKSeg.term.json" in text
+    assert "INSTALL_DIR ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}" in text
+
+
+# ------------------------------------------------------------------------------ module sources
+@pytest.mark.parametrize("module", MODULES)
+def test_module_imports_nothing_heavy_at_top_level(module):
+    tree = _source_tree(module)
+    imported = []
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            imported += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            imported.append(node.module)
+    assert set(imported) <= ALLOWED_TOP_IMPORTS, set(imported) - ALLOWED_TOP_IMPORTS
+    # the sys.path fallback for developer mode must run before mskseg is imported
+    first_mskseg = next(n.lineno for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
+                        and "mskseg" in ([a.name for a in n.names] if isinstance(n, ast.Import) else [n.module]))
+    fallback = next(n.lineno for n in tree.body if isinstance(n, ast.If) and "sys.path.insert" in ast.unparse(n))
+    assert fallback < first_mskseg
+
+
+def test_slicer_setup_imports_neither_slicer_nor_torch():
+    heavy = "{'slicer', 'torch', 'monai', 'qt', 'SimpleITK'}"
+    code = f"import sys, mskseg.slicer_setup; print(sorted({heavy} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------ icons, terminology
+def _png_size(path: pathlib.Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_icons_are_distinct_128_pixel_pngs():
+    paths = [REPO / m / "Resources" / "Icons" / f"{m}.png" for m in MODULES] + [REPO / "Resources" / "MSKSeg.png"]
+    for path in paths:
+        assert _png_size(path) == (128, 128), path
+    assert len({p.read_bytes() for p in paths}) == len(paths)
+
+
+def test_committed_terminology_file_matches_the_terminology_table():
+    committed = (REPO / "Resources" / "MSKSeg.term.json").read_text()
+    assert committed == json.dumps(slicer_term_json(), indent=2) + "\n", (
+        "Resources/MSKSeg.term.json is stale: regenerate it with "
+        "mskseg.terminology.write_slicer_term_json('Resources/MSKSeg.term.json')")
+    assert slicer_setup.terminology_file() == REPO / "Resources" / "MSKSeg.term.json"
+
+
+# ------------------------------------------------------------------------------ mskseg.slicer_setup
+def test_missing_python_packages_names_only_the_absent_requirements():
+    requirements = [("json", "json-is-stdlib"), ("no_such_module_mskseg", "nosuch>=1.0"), ("numpy", "numpy>=1")]
+    assert slicer_setup.missing_python_packages(requirements) == ["nosuch>=1.0"]
+
+
+def test_requirements_follow_pyproject_without_slicers_own_packages():
+    import tomllib
+
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[<>=!~ \[]", d, maxsplit=1)[0].lower() for d in declared}
+    listed = {re.split(r"[<>=!~ \[]", r, maxsplit=1)[0].lower() for _, r in slicer_setup.REQUIREMENTS}
+    assert listed == names - {"numpy", "simpleitk", "torch"}
+    assert {"numpy", "simpleitk", "vtk", "torch"}.isdisjoint(listed)
+
+
+def test_protected_constraints_pin_the_installed_numpy_exactly():
+    import numpy
+
+    lines = slicer_setup.protected_constraints()
+    assert f"numpy=={numpy.__version__}" in lines
+    assert slicer_setup.protected_constraints(["no-such-distribution-mskseg"]) == []
+
+
+def test_task_package_lookup_does_not_import_the_package(monkeypatch):
+    monkeypatch.delitem(sys.modules, "mskseg.io", raising=False)
+    assert slicer_setup.task_package_available("io") is True
+    assert "mskseg.io" not in sys.modules
+    assert slicer_setup.task_package_available("no_such_task") is False
+    assert slicer_setup.pipeline_unavailable_tooltip("sarcopenia") == \
+        "available once the body-composition pipeline is installed"
+
+
+def test_progress_relay_drives_the_bar_and_stops_after_cancel():
+    bar, label, events = SimpleNamespace(value=0), SimpleNamespace(text=""), []
+    relay = slicer_setup.ProgressRelay(bar, label, process_events=lambda: events.append(1))
+    assert relay(0.25, "inference") is True
+    assert (bar.value, label.text, len(events)) == (25, "inference", 1)
+    assert relay(1.7) is True and bar.value == 100  # clipped
+    relay.cancel()
+    assert relay(0.5) is False
+    assert len(events) == 3
+
+
+def test_inputs_are_checked_before_any_work(tmp_path):
+    card = tmp_path / "card.json"
+    card.write_text("{}")
+    with pytest.raises(MSKSegError, match="No input volume"):
+        slicer_setup.require_inputs(None, str(card))
+    with pytest.raises(MSKSegError, match="No model"):
+        slicer_setup.require_inputs(object(), "")
+    with pytest.raises(MSKSegError, match="does not exist"):
+        slicer_setup.require_inputs(object(), str(tmp_path / "absent.json"))
+    slicer_setup.require_inputs(object(), str(card))
+
+
+def test_export_folder_must_be_chosen_and_be_a_folder(tmp_path):
+    for unset in (None, "", ".", pathlib.Path()):
+        with pytest.raises(MSKSegError, match="No export folder"):
+            slicer_setup.require_export_folder(unset)
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(MSKSegError, match="is a file"):
+        slicer_setup.require_export_folder(tmp_path / "file.txt")
+    assert slicer_setup.require_export_folder(tmp_path / "new") == tmp_path / "new"
+
+
+def test_dicom_seg_is_exported_only_for_volumes_loaded_from_dicom():
+    class Node:
+        def __init__(self, uids):
+            self.uids = uids
+
+        def GetAttribute(self, name):
+            return self.uids if name == "DICOM.instanceUIDs" else None
+
+    assert slicer_setup.default_export_formats(Node(None)) == ("seg.nrrd", "csv")
+    assert "dicom-seg" in slicer_setup.default_export_formats(Node("1.2.3 1.2.4"))
+
+
+def test_app_function_names_a_missing_function(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mskseg.app", types.ModuleType("mskseg.app"))
+    monkeypatch.setattr(mskseg, "app", sys.modules["mskseg.app"], raising=False)
+    with pytest.raises(MSKSegError, match="no 'find_l3'"):
+        slicer_setup.app_function("find_l3")
+
+
+# ------------------------------------------------------------------------------ module files, imported
+@dataclasses.dataclass
+class _Choice:
+    choices: list
+
+
+@dataclasses.dataclass
+class _WithinRange:
+    minimum: float
+    maximum: float
+
+
+def _wrapper_stub(cls):
+    """Stand-in for Slicer's parameterNodeWrapper: resolves the hints exactly as it does, records them."""
+    cls.hints = typing.get_type_hints(cls, include_extras=True)
+    return cls
+
+
+class _Base:
+    def __init__(self, parent=None):
+        self.parent = parent
+
+
+@pytest.fixture
+def slicer_stubs(monkeypatch):
+    """slicer-core's real ``slicer`` package plus stand-ins for its GUI-only parts."""
+    slicer = pytest.importorskip("slicer", reason="needs the pip package slicer-core")
+    if not hasattr(slicer, "vtkMRMLScene"):
+        pytest.skip("the installed 'slicer' package has no vtkMRMLScene (install slicer-core)")
+    slm = types.ModuleType("slicer.ScriptedLoadableModule")
+    slm.ScriptedLoadableModule = slm.ScriptedLoadableModuleWidget = slm.ScriptedLoadableModuleLogic = _Base
+    slm.ScriptedLoadableModuleTest = unittest.TestCase
+    slm.__all__ = ["ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic",
+                   "ScriptedLoadableModuleTest"]
+    pnw = types.ModuleType("slicer.parameterNodeWrapper")
+    pnw.parameterNodeWrapper, pnw.Choice, pnw.WithinRange = _wrapper_stub, _Choice, _WithinRange
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", slm)
+    monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", pnw)
+    connections = []
+    monkeypatch.setattr(slicer, "app", SimpleNamespace(connect=lambda *a: connections.append(a)), raising=False)
+    scene = slicer.vtkMRMLScene()
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    return SimpleNamespace(slicer=slicer, scene=scene, connections=connections)
+
+
+def _load_module(module: str, monkeypatch) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(module, REPO / module / f"{module}.py")
+    loaded = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, module, loaded)
+    spec.loader.exec_module(loaded)
+    return loaded
+
+
+#: Which data types Slicer's GUI connectors (slicer/parameterNodeWrapper/guiConnectors.py) bind to a widget.
+def _connector_accepts(widget_class: str, hint) -> bool:
+    base, extras = (typing.get_args(hint)[0], typing.get_args(hint)[1:]) \
+        if typing.get_origin(hint) is typing.Annotated else (hint, ())
+    if widget_class == "QCheckBox":
+        return base is bool
+    if widget_class == "QSpinBox":
+        return base is int
+    if widget_class == "QDoubleSpinBox":
+        return base is float
+    if widget_class == "QComboBox":  # needs a Choice annotation
+        return base in (int, float, str, bool) and any(isinstance(e, _Choice) for e in extras)
+    if widget_class == "ctkPathLineEdit":  # needs a pathlib type, not str
+        return isinstance(base, type) and issubclass(base, pathlib.PurePath)
+    if widget_class == "qMRMLNodeComboBox":
+        return isinstance(base, type) and base.__name__.startswith("vtkMRML")
+    return widget_class == "QLineEdit" and base is str
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_parameter_node_hints_resolve_and_every_binding_has_a_gui_connector(module, slicer_stubs, monkeypatch):
+    loaded = _load_module(module, monkeypatch)
+    hints = getattr(loaded, f"{module}ParameterNode").hints
+    expected = COMMON_FIELDS | (SARCOPENIA_FIELDS if module == "SarcopeniaSeg" else set())
+    assert set(hints) == expected
+    assert hints["inputVolume"] is slicer_stubs.slicer.vtkMRMLScalarVolumeNode
+    assert hints["outputSegmentation"] is slicer_stubs.slicer.vtkMRMLSegmentationNode
+    for name, widget in _bound_widgets(module).items():
+        assert _connector_accepts(widget.get("class"), hints[name]), f"{widget.get('class')} cannot bind {name}"
+    node_class = getattr(loaded, f"{module}ParameterNode")
+    assert node_class.device == "auto" and node_class.overwrite is False
+    device_choices = typing.get_args(hints["device"])[1].choices
+    assert device_choices[0] == "auto" and "cpu" in device_choices
+
+
+def test_sarcopenia_parameter_defaults_follow_bodycomp(slicer_stubs, monkeypatch):
+    loaded = _load_module("SarcopeniaSeg", monkeypatch)
+    node_class, hints = loaded.SarcopeniaSegParameterNode, loaded.SarcopeniaSegParameterNode.hints
+    assert node_class.cutoffSet == "Martin 2013" and node_class.slabSlices == 1 and node_class.muscleGroups is False
+    assert typing.get_args(hints["cutoffSet"])[1].choices == [
+        "Prado 2008", "Martin 2013", "Derstine 2018", "Yoon 2021", "Kamo 2019"]
+    assert node_class.height_m == 0.0 and typing.get_args(hints["height_m"])[1] == _WithinRange(0.0, 2.5)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_description_cites_data_licences_and_loads_terminology(module, slicer_stubs, monkeypatch):
+    loaded = _load_module(module, monkeypatch)
+    parent = SimpleNamespace()
+    getattr(loaded, module)(parent)
+    assert parent.title == TITLES[module]
+    assert parent.categories == ["Segmentation.MSKSeg"]
+    assert parent.contributors == ["MSKSeg contributors"]
+    assert "offline" in parent.helpText and "CPU or GPU" in parent.helpText
+    for citation in ("TotalSegmentator", "CC BY 4.0", "VerSe", "CC BY-SA 4.0", "MONAI", "highdicom", "dcmqi"):
+        assert citation in parent.acknowledgementText, citation
+    assert ("startupCompleted()", slicer_setup.load_terminology) in slicer_stubs.connections
+    assert issubclass(getattr(loaded, f"{module}Widget"), slicer_setup.TaskWidgetMixin)
+
+
+def test_sarcopenia_help_cites_windows_and_every_cutoff_set(slicer_stubs, monkeypatch):
+    loaded = _load_module("SarcopeniaSeg", monkeypatch)
+    parent = SimpleNamespace()
+    loaded.SarcopeniaSeg(parent)
+    for text in ("Prado 2008", "Martin 2013", "Derstine 2018", "Yoon 2021", "Kamo 2019", "52.4", "38.5",
+                 "45.4", "39.33", "40.31", "-29..+150", "-190..-30", "-150..-50"):
+        assert text in parent.helpText, text
+
+
+@pytest.fixture
+def fake_app(monkeypatch):
+    """A stand-in ``mskseg.app`` that records the calls the module logic makes."""
+    calls = []
+    app = types.ModuleType("mskseg.app")
+    app.list_model_cards = lambda task: calls.append(("list_model_cards", task)) or []
+    app.device_report = lambda preference: calls.append(("device_report", preference)) or f"device: {preference}"
+
+    def run_segmentation(scene, volume_node, card_path, device="auto", progress=None, segmentation_node=None):
+        calls.append(("run_segmentation", scene, volume_node, card_path, device, progress, segmentation_node))
+        return "new segmentation node"
+
+    def export_results(scene, segmentation_node, volume_node, out_dir, formats=("seg.nrrd",), overwrite=False):
+        calls.append(("export_results", scene, segmentation_node, volume_node, out_dir, formats, overwrite))
+        return [f"{out_dir}/a.seg.nrrd"]
+
+    app.run_segmentation, app.export_results = run_segmentation, export_results
+    monkeypatch.setitem(sys.modules, "mskseg.app", app)
+    monkeypatch.setattr(mskseg, "app", app, raising=False)
+    return calls
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_logic_passes_nodes_and_choices_to_mskseg_app(module, slicer_stubs, fake_app, monkeypatch, tmp_path):
+    logic = getattr(_load_module(module, monkeypatch), f"{module}Logic")()
+    card = tmp_path / "card.json"
+    card.write_text("{}")
+    progress = slicer_setup.ProgressRelay(SimpleNamespace(value=0), process_events=lambda: None)
+    assert logic.modelCards() == []
+    assert logic.deviceReport("cpu") == "device: cpu"
+    assert logic.process("volume", str(card), "cpu", "old segmentation", progress=progress) == "new segmentation node"
+    assert fake_app[:3] == [("list_model_cards", TASKS[module]), ("device_report", "cpu"),
+                            ("run_segmentation", slicer_stubs.scene, "volume", str(card), "cpu", progress,
+                             "old segmentation")]
+    volume = slicer_setup.add_synthetic_case(["skeletal_muscle"], slicer_stubs.scene)[0]
+    assert logic.export("segmentation", volume, tmp_path / "out", overwrite=True) == [f"{tmp_path / 'out'}/a.seg.nrrd"]
+    assert fake_app[3] == ("export_results", slicer_stubs.scene, "segmentation", volume, str(tmp_path / "out"),
+                           ("seg.nrrd", "csv"), True)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_logic_refuses_missing_inputs_before_calling_mskseg_app(module, slicer_stubs, fake_app, monkeypatch):
+    logic = getattr(_load_module(module, monkeypatch), f"{module}Logic")()
+    with pytest.raises(MSKSegError, match="No input volume"):
+        logic.process(None, "")
+    with pytest.raises(MSKSegError, match="no segmentation to export"):
+        logic.export(None, "volume", "/tmp")
+    with pytest.raises(MSKSegError, match="No export folder"):
+        logic.export("segmentation", "volume", pathlib.Path())
+    assert fake_app == []
+
+
+def test_synthetic_case_gives_one_labelled_segment_per_class_on_the_volume_grid(slicer_stubs):
+    from mskseg import mrml
+
+    classes = ["skeletal_muscle", "subcutaneous_fat", "vertebrae_L3"]
+    volume_node, segmentation_node = slicer_setup.add_synthetic_case(classes, slicer_stubs.scene)
+    labelmap, labels = mrml.segmentation_node_to_labelmap(segmentation_node, volume_node)
+    assert labels == {1: "skeletal_muscle", 2: "subcutaneous_fat", 3: "vertebrae_L3"}
+    assert labelmap.array.shape == (16, 48, 64)
+    assert [int((labelmap.array == v).sum()) for v in (1, 2, 3)] == [12 * 14 * 3] * 3
+    assert tuple(volume_node.GetSpacing()) == (0.8, 0.8, 2.5)
+
+
+def test_terminology_is_loaded_once_for_the_three_modules(slicer_stubs, monkeypatch):
+    loaded_paths = []
+    logic = SimpleNamespace(LoadTerminologyFromFile=lambda path: loaded_paths.append(path) or "MSKSeg context")
+    monkeypatch.setattr(slicer_stubs.slicer, "modules", SimpleNamespace(terminologies=SimpleNamespace(
+        logic=lambda: logic)), raising=False)
+    monkeypatch.setattr(slicer_setup, "_loaded_terminology", None)
+    assert [slicer_setup.load_terminology() for _ in MODULES] == ["MSKSeg context"] * 3
+    assert loaded_paths == [str(REPO / "Resources" / "MSKSeg.term.json")]
+
+
+def _require_torch_installed() -> None:
+    """Without torch, ensure_dependencies turns to the PyTorch extension first (not testable here)."""
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("needs torch installed")
+
+
+@pytest.fixture
+def pip_calls(slicer_stubs, monkeypatch):
+    """Records ``slicer.util.pip_install`` calls (with the constraints file's text) instead of running pip."""
+    calls = []
+
+    def pip_install(args):
+        constraints = pathlib.Path(args[args.index("--constraint") + 1]).read_text()
+        calls.append((list(args), constraints))
+
+    monkeypatch.setattr(slicer_stubs.slicer.util, "pip_install", pip_install)
+    return calls
+
+
+def test_dependencies_are_installed_only_after_consent_with_numpy_pinned(slicer_stubs, pip_calls, monkeypatch):
+    import numpy
+
+    _require_torch_installed()
+    answers = []
+    monkeypatch.setattr(slicer_stubs.slicer.util, "confirmOkCancelDisplay", lambda *a: answers.pop(0))
+    still_missing = [["monai>=1.3"], ["monai>=1.3"], []]
+    monkeypatch.setattr(slicer_setup, "missing_python_packages", lambda *a: still_missing.pop(0))
+    answers.append(False)
+    with pytest.raises(MSKSegError, match="declined"):
+        slicer_setup.ensure_dependencies(ask=True)
+    assert pip_calls == []
+    answers.append(True)
+    assert slicer_setup.ensure_dependencies(ask=True) == ["monai>=1.3"]
+    (args, constraints), = pip_calls
+    assert args[0] == "monai>=1.3" and "--constraint" in args
+    assert f"numpy=={numpy.__version__}" in constraints.splitlines()
+
+
+def test_dependency_check_installs_nothing_when_all_is_present(slicer_stubs, pip_calls, monkeypatch):
+    _require_torch_installed()
+    monkeypatch.setattr(slicer_setup, "missing_python_packages", lambda *a: [])
+    monkeypatch.setattr(slicer_stubs.slicer.util, "confirmOkCancelDisplay",
+                        lambda *a: pytest.fail("asked although nothing is missing"))
+    assert slicer_setup.ensure_dependencies(ask=True) == []
+    assert pip_calls == []
+
+
+def test_a_package_pip_could_not_install_is_named(slicer_stubs, pip_calls, monkeypatch):
+    _require_torch_installed()
+    monkeypatch.setattr(slicer_setup, "missing_python_packages", lambda *a: ["highdicom>=0.22"])
+    with pytest.raises(MSKSegError, match="could not be installed: highdicom>=0.22"):
+        slicer_setup.ensure_dependencies(ask=False)
+    assert len(pip_calls) == 1
