@@ -8,6 +8,8 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 python -m pip install -q --upgrade pip >/dev/null
 # torch first: otherwise a dependency resolver may pull a multi-GB CUDA build for a CPU-only machine.
-python -c "import torch" 2>/dev/null || python -m pip install -q ${TORCH_SPEC:-torch==2.13.0}
-python -m pip install -q -e ".[test]"
+log=.venv/pip-install.log
+python -c "import torch" 2>/dev/null || python -m pip install ${TORCH_SPEC:-torch==2.13.0} >"$log" 2>&1 \
+  || { cat "$log"; echo "installing torch failed (log above)"; exit 1; }
+python -m pip install -e ".[test]" >"$log" 2>&1 || { cat "$log"; echo "installing MSKSeg failed (log above)"; exit 1; }
 python -c "import mskseg, torch, monai, slicer; print('mskseg', mskseg.__version__, '| torch', torch.__version__, '| monai', monai.__version__)"
