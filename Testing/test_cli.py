@@ -120,3 +120,40 @@ def test_terminology_writes_slicer_term_json(tmp_path):
     doc = json.loads((tmp_path / "t.term.json").read_text())
     assert doc["SegmentationCategoryTypeContextName"].endswith("MSKSeg")
     assert_clear_error(run("terminology", "--write", tmp_path / "t.term.json"), "already exists")
+
+
+def _unet_card(tmp_path):
+    """A schema-valid card for a tiny MONAI U-Net with saved (untrained) weights."""
+    from mskseg.models import load_model_card
+    from mskseg.models.networks import build_network_from_architecture
+    from mskseg.models.weights import save_weights
+
+    arch = {"name": "monai.UNet", "args": {"spatial_dims": 2, "in_channels": 1, "out_channels": 3,
+                                            "channels": [4, 8], "strides": [2], "num_res_units": 0}}
+    net = build_network_from_architecture(arch["name"], arch["args"])
+    sha = save_weights(net.state_dict(), tmp_path / "tiny.safetensors")
+    card = {"schema_version": "1.0", "name": "tiny-unet", "title": "Tiny U-Net", "task": "bone", "version": "0.0.1",
+            "description": "untrained, for command-line tests", "licence": "Apache-2.0", "modality": "CT",
+            "dimensions": "2d", "input": {"spacing_mm": None, "window": [-200, 400], "channels": 1,
+                                          "patch_size": [32, 32]},
+            "classes": [{"label": 1, "name": "vertebrae_L3"}, {"label": 2, "name": "sacrum"}],
+            "architecture": arch, "weights": {"file": "tiny.safetensors", "sha256": sha, "format": "safetensors"},
+            "training": {"data": "none"}, "validation": []}
+    (tmp_path / "tiny.card.json").write_text(json.dumps(card))
+    return load_model_card(tmp_path / "tiny.card.json")
+
+
+def test_segment_runs_a_card_on_a_cohort_and_refuses_tampered_weights(tmp_path, oblique_ct):
+    card = _unet_card(tmp_path)
+    sitk.WriteImage(oblique_ct.to_sitk(), str(tmp_path / "a.nii.gz"))
+    write_dicom_series(oblique_ct, tmp_path / "b")
+    p = run("segment", tmp_path / "a.nii.gz", tmp_path / "b", "--model", card.path, "--out", tmp_path / "out",
+            "--device", "cpu")
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "out" / "a" / "segmentation.seg.nrrd").exists()
+    assert (tmp_path / "out" / "b" / "segmentation.dcm").exists()  # DICOM input -> DICOM-SEG too
+    assert "device  cpu" in p.stdout
+    card.weights_path.write_bytes(card.weights_path.read_bytes()[:-4] + b"\0\0\0\0")
+    bad = run("segment", tmp_path / "a.nii.gz", "--model", card.path, "--out", tmp_path / "out2")
+    assert_clear_error(bad, "sha256")
+    assert not (tmp_path / "out2").exists()

@@ -178,3 +178,30 @@ def test_zero_spacing_in_header_is_refused(tmp_path):
 def test_dicom_seg_given_as_image_says_what_it_is(shared_data):
     with pytest.raises(ImageReadError, match="Segmentation object"):
         read_image(require(shared_data / "dcmqi-ct3slice" / "segs" / "liver.dcm"))
+
+
+def _nifti_with_pixdim(path, pixdim):
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.zeros((4, 3, 2), np.int16), np.eye(4))
+    img.header["pixdim"][1:4] = pixdim
+    nib.save(img, str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["mha-negative", "nifti-negative", "nifti-zero", "nrrd-negative"])
+def test_negative_or_zero_spacing_in_a_header_is_refused_not_silently_flipped(tmp_path, kind):
+    if kind == "mha-negative":
+        p = tmp_path / "neg.mha"
+        p.write_bytes(b"ObjectType = Image\nNDims = 3\nDimSize = 4 3 2\nElementSpacing = 1 -0.5 1\n"
+                      b"ElementType = MET_SHORT\nElementDataFile = LOCAL\n" + bytes(48))
+    elif kind == "nifti-negative":
+        p = _nifti_with_pixdim(tmp_path / "neg.nii.gz", [1, -0.5, 1])
+    elif kind == "nifti-zero":
+        p = _nifti_with_pixdim(tmp_path / "zero.nii", [1, 0, 1])
+    else:
+        p = tmp_path / "neg.nrrd"
+        p.write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nsizes: 4 3 2\nspacings: 1 -0.5 1\n"
+                      b"endian: little\nencoding: raw\n\n" + bytes(48))
+    with pytest.raises(InvalidImageError, match="zero or negative"):
+        read_image(p)

@@ -273,9 +273,65 @@ def _has_pixel_tag(p: Path) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- files
+def _header_spacing(p: Path) -> list[float] | None:
+    """Voxel spacing as the file header states it, before ITK (which silently takes absolute values)."""
+    name = p.name.lower()
+    try:
+        if name.endswith((".mha", ".mhd")):
+            with open(p, "rb") as f:
+                head = f.read(4096).decode("latin-1", "replace")
+            for line in head.splitlines():
+                key, _, value = line.partition("=")
+                if key.strip() in ("ElementSpacing", "ElementSize"):
+                    return [float(v) for v in value.split()]
+                if key.strip() == "ElementDataFile":
+                    break
+        elif name.endswith((".nrrd", ".nhdr")):
+            import nrrd
+
+            header = nrrd.read_header(str(p))
+            if "spacings" in header:
+                return [float(v) for v in header["spacings"] if np.isfinite(v)]
+            if "space directions" in header:
+                dirs = np.asarray(header["space directions"], dtype=float)
+                return [float(np.linalg.norm(r)) for r in dirs if np.all(np.isfinite(r))]
+        elif name.endswith((".nii", ".nii.gz")):
+            return _nifti_raw_pixdim(p)
+    except Exception:
+        return None  # unreadable header: let the reader below report it
+    return None
+
+
+def _nifti_raw_pixdim(p: Path) -> list[float] | None:
+    """``pixdim[1..3]`` as stored (nibabel and ITK both replace negative values by their absolute value)."""
+    import gzip
+    import struct
+
+    opener = gzip.open if p.name.lower().endswith(".gz") else open
+    with opener(p, "rb") as f:
+        raw = f.read(540)
+    for endian in ("<", ">"):
+        size = struct.unpack(endian + "i", raw[:4])[0]
+        if size == 348:  # NIfTI-1: dim int16[8] at 40, pixdim float32[8] at 76
+            nd = struct.unpack(endian + "h", raw[40:42])[0]
+            pix = struct.unpack(endian + "8f", raw[76:108])
+            return [float(v) for v in pix[1:1 + min(max(nd, 1), 3)]]
+        if size == 540:  # NIfTI-2: dim int64[8] at 16, pixdim float64[8] at 104
+            nd = struct.unpack(endian + "q", raw[16:24])[0]
+            pix = struct.unpack(endian + "8d", raw[104:168])
+            return [float(v) for v in pix[1:1 + min(max(nd, 1), 3)]]
+    return None
+
+
 def _read_with_sitk(p: Path, kind: str) -> Image:
     import SimpleITK as sitk
 
+    spacing = _header_spacing(p)
+    if spacing is not None and any(not (v > 0) for v in spacing):
+        raise InvalidImageError(
+            f"{p} has voxel spacing {spacing} mm in its header: zero or negative",
+            "fix the spacing in the file header (a flipped axis belongs in the direction matrix, not the spacing)",
+        )
     try:
         img = sitk.ReadImage(str(p))
     except RuntimeError as e:
