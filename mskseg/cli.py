@@ -25,6 +25,7 @@ examples:
                                              run a model card on one scan or a cohort (one sub-folder each)
   mskseg models                              list installed model cards
   mskseg device                              which device inference will use, and why
+  mskseg synth preview --out gallery.png     a gallery of synthetic L3 training slices
 
 Images: a DICOM series folder (uncompressed or JPEG 2000; several series: --series UID), a DICOM file,
 NIfTI, NRRD, MHA, or a radiograph (DICOM DX/CR, PNG, JPEG). Nothing is downloaded; nothing is overwritten
@@ -86,10 +87,25 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("device", help="report the inference device and why it was chosen")
     s.add_argument("--device", default="auto", help="preference: auto, cpu, cuda, cuda:N, mps")
 
+    from .synth.cli import add_synth_parser
+
+    add_synth_parser(sub)
+    _add_optional_parsers(sub)
+
     s = sub.add_parser("terminology", help="list class names and codes, or write Slicer's .term.json")
     s.add_argument("--write", metavar="PATH", help="write the Slicer terminology file to PATH")
     s.add_argument("--overwrite", action="store_true")
     return p
+
+
+def _add_optional_parsers(sub) -> None:
+    """Subcommands whose modules may be absent from a trimmed installation (training, evaluation)."""
+    try:
+        from .train.cli import add_evaluate_parser, add_train_parser
+    except ImportError:
+        return
+    add_train_parser(sub)
+    add_evaluate_parser(sub)
 
 
 def _add_output_args(s: argparse.ArgumentParser) -> None:
@@ -109,8 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return {"info": cmd_info, "demo": cmd_demo, "export": cmd_export, "segment": cmd_segment,
-                "models": cmd_models, "device": cmd_device, "terminology": cmd_terminology}[args.command](args)
+        return _commands()[args.command](args)
     except MSKSegError as e:
         print(f"mskseg {args.command}: error: {e.message}", file=sys.stderr)
         if e.hint:
@@ -126,6 +141,21 @@ def main(argv: Sequence[str] | None = None) -> int:
               "  hint: run again with --debug for the traceback, and report it with the command you ran",
               file=sys.stderr)
         return 1
+
+
+def _commands() -> dict:
+    """Subcommand name -> function(args) -> exit status."""
+    from .synth.cli import run_synth
+
+    table = {"info": cmd_info, "demo": cmd_demo, "export": cmd_export, "segment": cmd_segment,
+             "models": cmd_models, "device": cmd_device, "terminology": cmd_terminology, "synth": run_synth}
+    try:
+        from .train.cli import run_evaluate, run_train
+
+        table.update(train=run_train, evaluate=run_evaluate)
+    except ImportError:
+        pass
+    return table
 
 
 # ------------------------------------------------------------------------------------------------ commands
