@@ -1,8 +1,8 @@
 """Spine Segmentation: the vertebrae of the lumbar spine, labelled by level, in CT and radiographs, in 3D Slicer.
 
-A shell in Slicer's scripted-module template style: widgets, parameter node, progress and error display.
-The work is done by the ``mskseg`` package, which pytest tests outside Slicer; heavy packages (torch, MONAI)
-are imported inside functions, after the dependency check.
+What is particular to the spine, in the classes of Slicer's scripted-module template: the help (with its
+warning about transitional vertebrae), the parameter node, names, messages and the vertebrae of the self-test.
+Everything the three MSKSeg modules do alike comes from the mixins of ``mskseg.slicer_setup``.
 """
 from __future__ import annotations
 
@@ -10,248 +10,83 @@ import importlib.util
 import os
 import pathlib
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 if importlib.util.find_spec("mskseg") is None:
     # Developer mode: this module folder was added to Slicer's additional module paths, and the mskseg
     # package sits in the repository root one level up. An installed extension has mskseg beside this file.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import vtk
-
-import slicer
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (
-    ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
-    ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
-)
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleWidget
+from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest
 from slicer.util import VTKObservationMixin
 
-import mskseg
 from mskseg import slicer_setup  # standard library only: cheap at Slicer start-up
-
-TASK = "spine"
 
 
 class SpineSeg(ScriptedLoadableModule):
-    """Module description shown in Slicer's module panel and Help & Acknowledgement section."""
+    """The module's entry in Slicer: title, help and acknowledgement.
+
+    Its help says how levels are counted and why a transitional lumbosacral vertebra can shift every label.
+    """
 
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "Spine Segmentation"
-        self.parent.categories = ["Segmentation.MSKSeg"]
-        self.parent.dependencies = []
-        self.parent.contributors = ["MSKSeg contributors"]
         self.parent.helpText = """
 Segments the vertebrae of the lumbar spine and labels each with its level (the model card lists the levels it
 covers), in a CT or in a radiograph (a single-slice volume, as Slicer loads a DICOM radiograph or a PNG).
 Levels are counted from the anatomy the image shows; transitional lumbosacral vertebrae (15-35 % of people)
 are the main cause of a wrong level, so check the labels before using them. Each segment carries its SNOMED CT
 code, name and colour.
-<p>The bundled models run offline on CPU or GPU: nothing is downloaded. <i>Advanced &gt; Check device</i> says
-which device will be used and why. Correct the result with <i>Edit in Segment Editor</i> (a new run never
-overwrites a corrected segmentation), then <i>Export</i> .seg.nrrd, DICOM-SEG (for DICOM inputs) and a CSV table
-of segment volumes.</p>
-<p>See the <a href="https://github.com/MSKSeg/MSKSeg#readme">MSKSeg documentation</a>.</p>
-"""
-        self.parent.acknowledgementText = """
-The models were trained on synthetic CT generated from anatomy label maps of the TotalSegmentator dataset
-(Wasserthal et al. 2023, CC BY 4.0) and VerSe (Sekuboyina et al. 2021, CC BY-SA 4.0).
-Built with <a href="https://monai.io">MONAI</a> (Apache-2.0); DICOM-SEG written with
-<a href="https://github.com/ImagingDataCommons/highdicom">highdicom</a> (MIT) and read with
-<a href="https://github.com/QIICR/dcmqi">dcmqi</a> (BSD-3-Clause).
-"""
-        slicer.app.connect("startupCompleted()", slicer_setup.load_terminology)
+""" + slicer_setup.HELP_FOOTER
+        self.parent.acknowledgementText = slicer_setup.ACKNOWLEDGEMENT
+        slicer_setup.register_module(self.parent)
 
 
 @parameterNodeWrapper
-class SpineSegParameterNode:
-    """Every choice of the module, saved with the scene."""
+class SpineSegParameterNode(slicer_setup.TaskParameters):
+    """What the user chose in the Spine Segmentation panel, kept in the scene.
 
-    inputVolume: vtkMRMLScalarVolumeNode
-    modelCard: str = ""  # path of the model card JSON (the Model box is filled in code, not bound)
-    device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
+    Declares what SpineSeg.ui binds; ``modelCard``, filled from the Model box, is inherited.
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode  # a CT, or a radiograph loaded as a single-slice volume
+    device: Annotated[str, Choice(slicer_setup.DEVICE_CHOICES)] = "auto"
     outputSegmentation: vtkMRMLSegmentationNode
     exportFolder: pathlib.Path
     overwrite: bool = False
 
 
-class SpineSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, slicer_setup.TaskWidgetMixin):
-    """The module panel: binds the .ui to the parameter node and runs the logic with progress and cancel.
+class SpineSegWidget(slicer_setup.TaskWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel of TaskWidgetMixin, with the spine's names and messages.
 
-    Model box, Cancel, Export, Edit and device report behave alike in the three MSKSeg modules and come from
-    ``slicer_setup.TaskWidgetMixin``.
+    After a run the status line asks for the level labels to be checked before Export.
     """
 
-    TASK = TASK
-
-    def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-
-    def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/SpineSeg.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = SpineSegLogic()
-
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
-        self.connectCommonWidgets()
-        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-
-        self.refreshModelCards()
-        self.initializeParameterNode()
-
-    def cleanup(self) -> None:
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
-            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolumeNode:
-                self._parameterNode.inputVolume = firstVolumeNode
-
-    def setParameterNode(self, inputParameterNode: Optional[SpineSegParameterNode]) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-            self._onParameterNodeModified()
-
-    def _onParameterNodeModified(self, caller=None, event=None) -> None:
-        self.syncModelCard()
-        if self._parameterNode.inputVolume:
-            self.ui.outputSegmentationSelector.baseName = f"{self._parameterNode.inputVolume.GetName()} spine"
-        self.updateButtonStates()
-
-    def updateButtonStates(self) -> None:
-        """Enable what can run now; say why Apply is off when the spine pipeline is absent."""
-        p = self._parameterNode
-        if p is None:
-            return
-        self.ui.applyButton.enabled = bool(p.inputVolume and p.modelCard and not self.running)
-        self.ui.applyButton.toolTip = ("Segment and label the vertebrae of the input volume with the chosen model" if p.modelCard
-                                       else "No model card for this task is installed: add one with 'Add model card'")
-        self.ui.cancelButton.enabled = self.running
-        self.ui.exportButton.enabled = bool(p.outputSegmentation) and not self.running
-        self.ui.editButton.enabled = bool(p.outputSegmentation) and not self.running
-
-    def onApplyButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Spine segmentation failed.", waitCursor=True):
-            self.ensureDependencies()
-            p = self._parameterNode
-            segmentation = self.runWithProgress(lambda progress: self.logic.process(
-                p.inputVolume, p.modelCard, p.device, p.outputSegmentation, progress=progress))
-            if segmentation is not None:
-                p.outputSegmentation = segmentation
-                self.ui.statusLabel.text = f"Done: '{segmentation.GetName()}'. Check it, then Export."
+    OUTPUT_NAME_SUFFIX = "spine"
+    APPLY_TOOLTIP = "Segment and label the vertebrae of the input volume with the chosen model"
+    APPLY_FAILURE = "Spine segmentation failed."
+    APPLY_DONE_HINT = "Check the level labels, then Export."
 
 
-class SpineSegLogic(ScriptedLoadableModuleLogic):
-    """Calls ``mskseg.app``; usable from Python without the widget (nodes and values are arguments)."""
+class SpineSegLogic(slicer_setup.TaskLogicMixin, ScriptedLoadableModuleLogic):
+    """TaskLogicMixin for the task "spine": models listed, run and exported through ``mskseg.app``.
 
-    def getParameterNode(self):
-        return SpineSegParameterNode(super().getParameterNode())
+    Works from the Python console too (nodes and values are arguments), for scripts over many images.
+    """
 
-    def modelCards(self) -> list:
-        """The model cards of this task (objects with ``path``, ``title``, ``name``)."""
-        return slicer_setup.app_function("list_model_cards")(TASK)
-
-    def deviceReport(self, preference: str = "auto") -> str:
-        """Which device a run would use for ``preference`` ("auto", "cpu", "cuda", "mps") and why."""
-        return slicer_setup.app_function("device_report")(preference)
-
-    def process(self, inputVolume, modelCard: str, device: str = "auto", outputSegmentation=None, progress=None):
-        """Segment and label the vertebrae of ``inputVolume``; returns the segmentation node.
-
-        A given ``outputSegmentation`` that already holds segments is left as it is (it may hold
-        corrections) and a new node is made.
-        """
-        slicer_setup.require_inputs(inputVolume, modelCard)
-        return slicer_setup.app_function("run_segmentation")(
-            slicer.mrmlScene, inputVolume, modelCard, device=device, progress=progress,
-            segmentation_node=outputSegmentation)
-
-    def export(self, segmentationNode, volumeNode, folder, formats=None, overwrite: bool = False) -> list:
-        """Write the segmentation (.seg.nrrd, DICOM-SEG for DICOM inputs) and metrics CSV; returns the paths."""
-        if segmentationNode is None:
-            raise mskseg.MSKSegError("There is no segmentation to export.", "press Apply first")
-        return slicer_setup.app_function("export_results")(
-            slicer.mrmlScene, segmentationNode, volumeNode, str(slicer_setup.require_export_folder(folder)),
-            formats=formats or slicer_setup.default_export_formats(volumeNode), overwrite=overwrite)
+    TASK = "spine"
+    PARAMETER_NODE = SpineSegParameterNode
 
 
-class SpineSegTest(ScriptedLoadableModuleTest):
-    """Self-test run by Slicer (Reload and Test, and ctest): synthetic data only, no download."""
+class SpineSegTest(slicer_setup.TaskTestMixin, ScriptedLoadableModuleTest):
+    """The tests of TaskTestMixin on three synthetic lumbar vertebrae.
 
-    def setUp(self):
-        slicer.mrmlScene.Clear(0)
+    Slicer runs them on Reload and Test, and ctest through slicer_add_python_unittest.
+    """
 
-    def runTest(self):
-        slicer_setup.ensure_dependencies(ask=False)
-        for test in (self.test_process_refuses_missing_input, self.test_device_report_names_device,
-                     self.test_export_writes_files_and_refuses_overwrite, self.test_rerun_keeps_corrected_segmentation):
-            self.setUp()
-            test()
-
-    def test_process_refuses_missing_input(self):
-        with self.assertRaises(mskseg.MSKSegError):
-            SpineSegLogic().process(None, "")
-
-    def test_device_report_names_device(self):
-        self.assertIn("cpu", SpineSegLogic().deviceReport("cpu").lower())
-
-    def test_export_writes_files_and_refuses_overwrite(self):
-        import tempfile
-
-        volume, segmentation = slicer_setup.add_synthetic_case(["vertebrae_L3", "vertebrae_L4", "vertebrae_L5"])
-        folder = tempfile.mkdtemp()
-        logic = SpineSegLogic()
-        files = logic.export(segmentation, volume, folder)
-        self.assertTrue(files and all(os.path.isfile(f) for f in files), files)
-        with self.assertRaises(mskseg.errors.OutputExistsError):
-            logic.export(segmentation, volume, folder)
-        self.assertEqual(sorted(logic.export(segmentation, volume, folder, overwrite=True)), sorted(files))
-
-    def test_rerun_keeps_corrected_segmentation(self):
-        cards = SpineSegLogic().modelCards()
-        if not cards:
-            self.delayDisplay("No bundled spine model: run test skipped")
-            return
-        volume, corrected = slicer_setup.add_synthetic_case(["vertebrae_L3"])
-        try:
-            result = SpineSegLogic().process(volume, str(cards[0].path), "cpu", corrected)
-            self.assertNotEqual(result.GetID(), corrected.GetID())
-        except mskseg.MSKSegError as error:  # a pipeline may rightly refuse a phantom
-            self.delayDisplay(f"Synthetic volume refused: {error}")
-        self.assertEqual(corrected.GetSegmentation().GetNumberOfSegments(), 1)
+    LOGIC = SpineSegLogic
+    SYNTHETIC_CLASSES = ("vertebrae_L3", "vertebrae_L4", "vertebrae_L5")

@@ -5,11 +5,13 @@ Full Slicer cannot run here, so these tests pin what can be pinned outside it: t
 connected by Slicer's parameter-node wrapper, the CMake lists, the icons, the terminology file, and the
 Slicer-side helpers of :mod:`mskseg.slicer_setup`. The module files themselves are imported with stand-ins
 for the few Slicer parts that need the GUI (``ScriptedLoadableModule``, ``parameterNodeWrapper``), over the
-real MRML classes of slicer-core, so that their parameter-node annotations and their logic are exercised.
+real MRML classes of slicer-core, so that their parameter-node annotations, their logic, the panel behaviour
+they take from ``TaskWidgetMixin`` (driven through stand-in widgets) and their Slicer self-tests are exercised.
 """
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -111,7 +113,7 @@ def test_ui_holds_the_widgets_the_shared_widget_code_uses(module):
                      and node.value.attr == "ui"}
     assert set(slicer_setup.TaskWidgetMixin.COMMON_WIDGETS) == used_by_mixin
     assert used_by_mixin <= names
-    assert {"applyButton", "inputVolumeSelector", "outputSegmentationSelector"} <= names
+    assert {"applyButton", "inputVolumeSelector", "outputSegmentationSelector"} <= used_by_mixin | names
 
 
 # ------------------------------------------------------------------------------ CMake
@@ -164,6 +166,27 @@ def test_module_imports_nothing_heavy_at_top_level(module):
                         and "mskseg" in ([a.name for a in n.names] if isinstance(n, ast.Import) else [n.module]))
     fallback = next(n.lineno for n in tree.body if isinstance(n, ast.If) and "sys.path.insert" in ast.unparse(n))
     assert fallback < first_mskseg
+
+
+def _method_dumps(module: str) -> dict[str, str]:
+    """``Class.method`` -> AST dump of every method in ``<module>.py``, with the module's name made generic."""
+    dumps = {}
+    for cls in (n for n in _source_tree(module).body if isinstance(n, ast.ClassDef)):
+        for function in (n for n in cls.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            dumps[f"{cls.name}.{function.name}"] = ast.dump(function).replace(module, "<M>")
+    return dumps
+
+
+def test_no_method_is_written_in_two_module_shells():
+    """Shared behaviour lives once, in the mixins of mskseg.slicer_setup; a module file keeps its own."""
+    first_seen: dict[str, str] = {}
+    for module in MODULES:
+        for name, dump in _method_dumps(module).items():
+            assert dump not in first_seen, f"{name} repeats {first_seen[dump]}: move it to mskseg.slicer_setup"
+            first_seen[dump] = name
+    # bone and spine have no tool of their own: their widget, logic and test classes only set data
+    for module in ("BoneSeg", "SpineSeg"):
+        assert set(_method_dumps(module)) == {f"{module}.__init__"}
 
 
 def test_slicer_setup_imports_neither_slicer_nor_torch():
@@ -294,14 +317,34 @@ class _WithinRange:
 
 
 def _wrapper_stub(cls):
-    """Stand-in for Slicer's parameterNodeWrapper: resolves the hints exactly as it does, records them."""
+    """Stand-in for Slicer's parameterNodeWrapper: resolves the hints exactly as it does, records them, and
+    wraps a scripted-module node like the real wrapper (its ``parameterNode``)."""
     cls.hints = typing.get_type_hints(cls, include_extras=True)
+    cls.__init__ = lambda self, parameterNode: setattr(self, "parameterNode", parameterNode)
     return cls
 
 
 class _Base:
     def __init__(self, parent=None):
         self.parent = parent
+
+
+class _LogicBase(_Base):
+    """Stand-in for ScriptedLoadableModuleLogic: its getParameterNode gives the scene's scripted-module node."""
+
+    def getParameterNode(self):
+        return "scripted module node"
+
+
+class _SelfTestBase(unittest.TestCase):
+    """Stand-in for ScriptedLoadableModuleTest: records what ``delayDisplay`` would show."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.displayed = []
+
+    def delayDisplay(self, message, msec=None):
+        self.displayed.append(message)
 
 
 @pytest.fixture
@@ -311,8 +354,8 @@ def slicer_stubs(monkeypatch):
     if not hasattr(slicer, "vtkMRMLScene"):
         pytest.skip("the installed 'slicer' package has no vtkMRMLScene (install slicer-core)")
     slm = types.ModuleType("slicer.ScriptedLoadableModule")
-    slm.ScriptedLoadableModule = slm.ScriptedLoadableModuleWidget = slm.ScriptedLoadableModuleLogic = _Base
-    slm.ScriptedLoadableModuleTest = unittest.TestCase
+    slm.ScriptedLoadableModule = slm.ScriptedLoadableModuleWidget = _Base
+    slm.ScriptedLoadableModuleLogic, slm.ScriptedLoadableModuleTest = _LogicBase, _SelfTestBase
     slm.__all__ = ["ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic",
                    "ScriptedLoadableModuleTest"]
     pnw = types.ModuleType("slicer.parameterNodeWrapper")
@@ -320,7 +363,8 @@ def slicer_stubs(monkeypatch):
     monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", slm)
     monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", pnw)
     connections = []
-    monkeypatch.setattr(slicer, "app", SimpleNamespace(connect=lambda *a: connections.append(a)), raising=False)
+    monkeypatch.setattr(slicer, "app", SimpleNamespace(connect=lambda *a: connections.append(a),
+                                                       processEvents=lambda: None), raising=False)
     scene = slicer.vtkMRMLScene()
     monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
     return SimpleNamespace(slicer=slicer, scene=scene, connections=connections)
@@ -365,6 +409,7 @@ def test_parameter_node_hints_resolve_and_every_binding_has_a_gui_connector(modu
         assert _connector_accepts(widget.get("class"), hints[name]), f"{widget.get('class')} cannot bind {name}"
     node_class = getattr(loaded, f"{module}ParameterNode")
     assert node_class.device == "auto" and node_class.overwrite is False
+    assert issubclass(node_class, slicer_setup.TaskParameters) and node_class.modelCard == ""
     device_choices = typing.get_args(hints["device"])[1].choices
     assert device_choices[0] == "auto" and "cpu" in device_choices
 
@@ -389,8 +434,13 @@ def test_module_description_cites_data_licences_and_loads_terminology(module, sl
     assert "offline" in parent.helpText and "CPU or GPU" in parent.helpText
     for citation in ("TotalSegmentator", "CC BY 4.0", "VerSe", "CC BY-SA 4.0", "MONAI", "highdicom", "dcmqi"):
         assert citation in parent.acknowledgementText, citation
+    assert parent.helpText.rstrip().endswith(slicer_setup.HELP_FOOTER.rstrip())
     assert ("startupCompleted()", slicer_setup.load_terminology) in slicer_stubs.connections
-    assert issubclass(getattr(loaded, f"{module}Widget"), slicer_setup.TaskWidgetMixin)
+    # the shared behaviour comes first in each class, before Slicer's base class
+    for suffix, mixin in (("Widget", slicer_setup.TaskWidgetMixin), ("Logic", slicer_setup.TaskLogicMixin),
+                          ("Test", slicer_setup.TaskTestMixin)):
+        cls = getattr(loaded, f"{module}{suffix}")
+        assert cls.__mro__[1:3] in ((mixin, _Base), (mixin, _LogicBase), (mixin, _SelfTestBase)), cls.__mro__
 
 
 def test_sarcopenia_help_cites_windows_and_every_cutoff_set(slicer_stubs, monkeypatch):
@@ -440,6 +490,9 @@ def test_logic_passes_nodes_and_choices_to_mskseg_app(module, slicer_stubs, fake
     assert logic.export("segmentation", volume, tmp_path / "out", overwrite=True) == [f"{tmp_path / 'out'}/a.seg.nrrd"]
     assert fake_app[3] == ("export_results", slicer_stubs.scene, "segmentation", volume, str(tmp_path / "out"),
                            ("seg.nrrd", "csv"), True)
+    parameters = logic.getParameterNode()
+    assert isinstance(parameters, getattr(sys.modules[module], f"{module}ParameterNode"))
+    assert parameters.parameterNode == "scripted module node"
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -529,3 +582,213 @@ def test_a_package_pip_could_not_install_is_named(slicer_stubs, pip_calls, monke
     with pytest.raises(MSKSegError, match="could not be installed: highdicom>=0.22"):
         slicer_setup.ensure_dependencies(ask=False)
     assert len(pip_calls) == 1
+
+
+# ------------------------------------------------------------------------------ the panel, through stand-in widgets
+class _FakeComboBox:
+    """The parts of a QComboBox the Model box code uses: items with data, current index and data."""
+
+    def __init__(self, items=()):
+        self.items = list(items)
+        self.currentIndex = 0 if self.items else -1
+        self.toolTip = ""
+
+    @property
+    def count(self):
+        return len(self.items)
+
+    @property
+    def currentData(self):
+        return self.items[self.currentIndex][1] if self.currentIndex >= 0 else None
+
+    def findData(self, data):
+        return next((i for i, (_, d) in enumerate(self.items) if d == data), -1)
+
+    def addItem(self, text, data):
+        self.items.append((text, data))
+
+
+def _fake_ui(module: str) -> SimpleNamespace:
+    """Stand-ins for the .ui widgets the panel code reads and writes (names checked against the .ui above)."""
+    names = set(slicer_setup.TaskWidgetMixin.COMMON_WIDGETS) | (
+        {"findL3Button", "measureButton"} if module == "SarcopeniaSeg" else set())
+    ui = SimpleNamespace(**{name: SimpleNamespace(enabled=None, toolTip="", text="", value=0, baseName="")
+                            for name in names})
+    ui.modelCardComboBox = _FakeComboBox([("Bundled model", "/models/bundled.card.json")])
+    return ui
+
+
+class _Volume:
+    def __init__(self, name="CT 1"):
+        self.name = name
+
+    def GetName(self):
+        return self.name
+
+
+class _RecordingLogic:
+    """A logic whose ``process`` records its arguments, reports progress and returns (or raises) ``outcome``."""
+
+    def __init__(self, task, outcome):
+        self.TASK, self.outcome, self.calls, self.bar_during_run = task, outcome, [], None
+
+    def process(self, inputVolume, modelCard, device, outputSegmentation, progress=None):
+        self.calls.append((inputVolume, modelCard, device, outputSegmentation))
+        progress(0.5, "inference")
+        self.bar_during_run = self.progress_bar.value
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return self.outcome
+
+
+@pytest.fixture
+def error_displays(slicer_stubs, monkeypatch):
+    """Replaces ``slicer.util.tryWithErrorDisplay`` (a Qt message box) by a recorder that re-raises."""
+    shown = []
+
+    @contextlib.contextmanager
+    def try_with_error_display(message=None, show=True, waitCursor=False):
+        try:
+            yield
+        except Exception as error:
+            shown.append((message, error))
+            raise
+
+    monkeypatch.setattr(slicer_stubs.slicer.util, "tryWithErrorDisplay", try_with_error_display)
+    return shown
+
+
+def _panel(module: str, monkeypatch, *, volume=True, card="/models/bundled.card.json", output=None,
+           outcome=None, pipeline_ready=False):
+    """A ``<M>Widget`` as its setup() leaves it, with stand-in widgets, parameter node and logic."""
+    widget = getattr(_load_module(module, monkeypatch), f"{module}Widget")(SimpleNamespace(isEntered=True))
+    widget.ui = _fake_ui(module)
+    widget.logic = _RecordingLogic(TASKS[module], outcome)
+    widget.logic.progress_bar = widget.ui.progressBar
+    widget._parameterNode = SimpleNamespace(inputVolume=_Volume() if volume else None, modelCard=card,
+                                            device="cpu", outputSegmentation=output)
+    widget.pipelineReady = pipeline_ready
+    widget._dependenciesReady = True
+    return widget
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_widget_creates_the_logic_of_its_own_module(module, slicer_stubs, monkeypatch):
+    loaded = _load_module(module, monkeypatch)
+    widget = getattr(loaded, f"{module}Widget")(SimpleNamespace(isEntered=False))
+    assert type(widget.createLogic()) is getattr(loaded, f"{module}Logic")
+    assert widget.logic is None and widget._parameterNode is None and not widget.running
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_apply_needs_a_volume_and_a_model_card_but_not_the_task_package(module, slicer_stubs, monkeypatch):
+    monkeypatch.setattr(slicer_setup, "task_package_available", lambda task: False)
+    widget = _panel(module, monkeypatch, pipeline_ready=False)
+    widget.updateButtonStates()
+    assert widget.ui.applyButton.enabled is True
+    assert widget.ui.applyButton.toolTip == widget.APPLY_TOOLTIP
+    assert (widget.ui.cancelButton.enabled, widget.ui.exportButton.enabled, widget.ui.editButton.enabled) == \
+        (False, False, False)
+
+    widget._parameterNode.modelCard = ""
+    widget.updateButtonStates()
+    assert widget.ui.applyButton.enabled is False
+    assert widget.ui.applyButton.toolTip == slicer_setup.NO_MODEL_CARD_TOOLTIP
+
+    widget._parameterNode.modelCard, widget._parameterNode.inputVolume = "/models/bundled.card.json", None
+    widget.updateButtonStates()
+    assert widget.ui.applyButton.enabled is False
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_output_is_named_after_the_volume_and_the_model_box_fills_the_parameter_node(module, slicer_stubs,
+                                                                                      monkeypatch):
+    widget = _panel(module, monkeypatch, card="")
+    widget._onParameterNodeModified()
+    assert widget._parameterNode.modelCard == "/models/bundled.card.json"
+    assert widget.ui.outputSegmentationSelector.baseName == f"CT 1 {widget.OUTPUT_NAME_SUFFIX}"
+    assert widget.OUTPUT_NAME_SUFFIX != slicer_setup.TaskWidgetMixin.OUTPUT_NAME_SUFFIX
+    widget._parameterNode.modelCard = "/home/me/own.card.json"  # a user's own card joins the list
+    widget.syncModelCard()
+    assert widget.ui.modelCardComboBox.currentData == "/home/me/own.card.json"
+    assert widget.ui.modelCardComboBox.items[-1] == ("own.card", "/home/me/own.card.json")
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_apply_runs_the_chosen_model_card_and_keeps_the_new_segmentation(module, slicer_stubs, error_displays,
+                                                                         monkeypatch):
+    new_node = SimpleNamespace(GetName=lambda: "CT 1 result")
+    widget = _panel(module, monkeypatch, output="corrected node", outcome=new_node)
+    widget.onApplyButton()
+    volume = widget._parameterNode.inputVolume
+    assert widget.logic.calls == [(volume, "/models/bundled.card.json", "cpu", "corrected node")]
+    assert widget.logic.bar_during_run == 50 and widget.ui.progressBar.value == 0
+    assert widget._parameterNode.outputSegmentation is new_node
+    assert widget.ui.statusLabel.text == f"Done: 'CT 1 result'. {widget.APPLY_DONE_HINT}"
+    assert not widget.running and widget.ui.applyButton.enabled and widget.ui.exportButton.enabled
+    assert error_displays == []
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_a_failed_or_cancelled_apply_keeps_the_previous_segmentation(module, slicer_stubs, error_displays,
+                                                                    monkeypatch):
+    failure = MSKSegError("The model card is invalid.", "choose another model")
+    widget = _panel(module, monkeypatch, output="corrected node", outcome=failure)
+    with pytest.raises(MSKSegError):
+        widget.onApplyButton()
+    assert error_displays == [(widget.APPLY_FAILURE, failure)]
+    assert widget._parameterNode.outputSegmentation == "corrected node"
+
+    widget.logic.outcome = slicer_setup.CancelledError("Cancelled by the user.", "")
+    widget.onApplyButton()
+    assert widget.ui.statusLabel.text == "Cancelled."
+    assert widget._parameterNode.outputSegmentation == "corrected node"
+    assert not widget.running and widget.ui.applyButton.enabled is True
+
+
+@pytest.mark.parametrize("pipeline_ready", [False, True])
+def test_find_l3_and_measure_wait_for_the_body_composition_pipeline(pipeline_ready, slicer_stubs, monkeypatch):
+    widget = _panel("SarcopeniaSeg", monkeypatch, output="segmentation", pipeline_ready=pipeline_ready)
+    widget.updateButtonStates()
+    assert widget.ui.applyButton.enabled is True  # never gated on the package
+    for button in (widget.ui.findL3Button, widget.ui.measureButton):
+        assert button.enabled is pipeline_ready
+        unavailable = button.toolTip == "available once the body-composition pipeline is installed"
+        assert unavailable is not pipeline_ready
+    widget._parameterNode.outputSegmentation = None
+    widget.updateButtonStates()
+    assert widget.ui.measureButton.enabled is False
+    assert widget.ui.findL3Button.enabled is pipeline_ready
+
+
+# ------------------------------------------------------------------------------ the modules' Slicer self-tests
+@pytest.mark.parametrize("module", MODULES)
+def test_module_self_test_passes_on_slicer_core(module, slicer_stubs, monkeypatch, tmp_path):
+    """Reload and Test, headless: real export through mskseg.app on the synthetic case; no model is run."""
+    monkeypatch.setattr(slicer_setup.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(slicer_setup, "ensure_dependencies", lambda ask=True: [])
+    from mskseg import app
+
+    monkeypatch.setattr(app, "list_model_cards", lambda task, dirs=None: [])
+    test = getattr(_load_module(module, monkeypatch), f"{module}Test")()
+    slicer_stubs.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "left over from a previous test")
+    test.runTest()
+    assert test.displayed == [f"No bundled {TASKS[module]} model: run test skipped"]
+    written = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    assert any(name.endswith(".seg.nrrd") for name in written) and any(name.endswith(".csv") for name in written)
+    # setUp cleared the scene before each test: only the last test's (empty) scene is left
+    assert slicer_stubs.scene.GetFirstNodeByName("left over from a previous test") is None
+
+
+def test_self_test_fails_when_a_logic_runs_without_a_volume(slicer_stubs, monkeypatch):
+    """The self-test can fail: a logic that does not refuse a missing input is caught."""
+    loaded = _load_module("BoneSeg", monkeypatch)
+
+    class CarelessLogic(loaded.BoneSegLogic):
+        def process(self, *args, **kwargs):
+            return None
+
+    test = loaded.BoneSegTest("test_process_refuses_missing_input")
+    test.LOGIC = CarelessLogic
+    with pytest.raises(AssertionError):
+        test.test_process_refuses_missing_input()

@@ -1,8 +1,13 @@
-"""What the three Slicer module shells share: dependency set-up, input checks, progress relay, resources.
+"""What the three Slicer module shells share: dependency set-up, input checks, progress relay, resources,
+and the behaviour of their widget, logic and self-test classes.
 
-The modules (SarcopeniaSeg, BoneSeg, SpineSeg) stay thin by calling these functions. Nothing here imports
-``slicer``, ``qt`` or ``torch`` at import time: Slicer imports every module at start-up, and a scene-less
-pytest run must be able to import and test this file. Functions that need Slicer import it inside.
+The modules (SarcopeniaSeg, BoneSeg, SpineSeg) stay thin: each ``<M>.py`` holds its description texts, its
+parameter node and the classes Slicer's template asks for, which take their shared behaviour from
+:class:`TaskWidgetMixin`, :class:`TaskLogicMixin` and :class:`TaskTestMixin` and add the module's own.
+
+Nothing here imports ``slicer``, ``qt`` or ``torch`` at import time: Slicer imports every module at start-up,
+and a scene-less pytest run must be able to import and test this file. Functions and methods that need Slicer
+import it inside.
 
 Why dependencies are installed the way they are:
 
@@ -356,24 +361,209 @@ def add_synthetic_case(class_names: Sequence[str], scene: Any = None,
     return volume_node, segmentation_node
 
 
+#: Slicer module-panel category and contributors of the three modules.
+MODULE_CATEGORY = "Segmentation.MSKSeg"
+MODULE_CONTRIBUTORS: tuple[str, ...] = ("MSKSeg contributors",)
+
+#: Device preferences of every module's Advanced > Device box (``mskseg.engine.choose_device`` takes them).
+DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+
+#: The end of every module's help text: offline models, device check, correction, export, documentation.
+HELP_FOOTER = """
+<p>The bundled models run offline on CPU or GPU: nothing is downloaded. <i>Advanced &gt; Check device</i> says
+which device will be used and why. Check the result and correct it with <i>Edit in Segment Editor</i> (a new run
+never overwrites a corrected segmentation), then <i>Export</i> .seg.nrrd, DICOM-SEG (for DICOM inputs) and a CSV
+table of segment statistics.</p>
+<p>See the <a href="https://github.com/MSKSeg/MSKSeg#readme">MSKSeg documentation</a>.</p>
+"""
+
+#: The end of every module's acknowledgement text: training data and the libraries the results depend on.
+ACKNOWLEDGEMENT = """
+The models were trained on synthetic CT generated from anatomy label maps of the TotalSegmentator dataset
+(Wasserthal et al. 2023, CC BY 4.0) and VerSe (Sekuboyina et al. 2021, CC BY-SA 4.0).
+Built with <a href="https://monai.io">MONAI</a> (Apache-2.0); DICOM-SEG written with
+<a href="https://github.com/ImagingDataCommons/highdicom">highdicom</a> (MIT) and read with
+<a href="https://github.com/QIICR/dcmqi">dcmqi</a> (BSD-3-Clause).
+"""
+
+#: Apply's tooltip while no model card is chosen (none installed for the task, none added).
+NO_MODEL_CARD_TOOLTIP = "No model card for this task is installed: add one with 'Add model card'"
+
+
+def register_module(parent: Any) -> None:
+    """Set what the three modules share in their Slicer description, and load MSKSeg's terminology at start-up.
+
+    Called from each ``<M>.__init__`` after it set its own ``title``, ``helpText`` and ``acknowledgementText``.
+
+    Args:
+        parent: the module's ``qSlicerScriptedLoadableModule`` (``ScriptedLoadableModule.parent``).
+    """
+    import slicer
+
+    parent.categories = [MODULE_CATEGORY]
+    parent.dependencies = []
+    parent.contributors = list(MODULE_CONTRIBUTORS)
+    slicer.app.connect("startupCompleted()", load_terminology)
+
+
+class TaskParameters:
+    """Base of each module's ``@parameterNodeWrapper`` class: the field that the shared widget code fills itself.
+
+    ``modelCard`` (path of the chosen model card JSON) has run-time choices, so no .ui widget binds it:
+    :class:`TaskWidgetMixin` keeps it in step with the Model box. The fields the .ui binds (``inputVolume``,
+    ``device``, ``outputSegmentation``, ``exportFolder``, ``overwrite`` and any of the module's own) are
+    declared in the module, beside the .ui that binds them. Plain class, not itself a parameter node wrapper:
+    Slicer's wrapper reads inherited annotations and defaults of the subclass it decorates.
+    """
+
+    modelCard: str = ""
+
+
 class TaskWidgetMixin:
     """Module-panel behaviour the three MSKSeg modules share, mixed into each ``<M>Widget``.
 
-    The widget provides ``ui`` (holding the widgets of :data:`COMMON_WIDGETS`), ``logic`` (with
-    ``modelCards()``, ``deviceReport()`` and ``export()``), ``_parameterNode`` (fields ``inputVolume``,
-    ``modelCard``, ``device``, ``outputSegmentation``, ``exportFolder``, ``overwrite``), ``TASK`` and
-    ``updateButtonStates()``. Slicer is imported inside the methods, which only run in Slicer.
+    Listed first in the bases, before ``ScriptedLoadableModuleWidget`` and ``VTKObservationMixin``, so that its
+    ``setup``, ``enter``, ``exit`` and ``cleanup`` are the ones Slicer calls. The ``<M>Widget`` sets the class
+    attributes below, and its Python module defines ``<M>Logic`` (with :class:`TaskLogicMixin`); the .ui
+    holds the widgets of :data:`COMMON_WIDGETS`, and the parameter node has the fields of :class:`TaskParameters`
+    plus ``inputVolume``, ``device``, ``outputSegmentation``, ``exportFolder`` and ``overwrite``. A module adds
+    its own buttons by extending :meth:`setup` and :meth:`updateTaskButtons`. Slicer is imported inside the
+    methods, which only run in Slicer.
     """
 
     #: objectNames every module's .ui defines for this mixin (a test checks the three .ui files).
-    COMMON_WIDGETS = ("modelCardComboBox", "addModelCardButton", "cancelButton", "exportButton", "editButton",
-                      "deviceReportButton", "deviceReportLabel", "progressBar", "statusLabel")
-    TASK = ""
+    COMMON_WIDGETS = ("applyButton", "outputSegmentationSelector", "modelCardComboBox", "addModelCardButton",
+                      "cancelButton", "exportButton", "editButton", "deviceReportButton", "deviceReportLabel",
+                      "progressBar", "statusLabel")
+    #: words after the input volume's name in the name of a new output segmentation.
+    OUTPUT_NAME_SUFFIX = "segmentation"
+    #: Apply's tooltip once a model card is chosen.
+    APPLY_TOOLTIP = "Segment the input volume with the chosen model"
+    #: first line of the error window when Apply fails.
+    APPLY_FAILURE = "Segmentation failed."
+    #: status line after a run, following "Done: '<segmentation name>'."
+    APPLY_DONE_HINT = "Check it, then Export."
+
     _progress: ProgressRelay | None = None
     _dependenciesReady = False
+    #: whether the task's pipeline package is installed; gates the module's own tools, never Apply.
+    pipelineReady = False
+
+    def __init__(self, parent: Any = None) -> None:
+        from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
+        from slicer.util import VTKObservationMixin
+
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        # Both bases explicitly, as in Slicer's module template; observations first, because a widget made
+        # without a parent runs setup() inside ScriptedLoadableModuleWidget.__init__.
+        VTKObservationMixin.__init__(self)
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+
+    def createLogic(self) -> Any:
+        """A new ``<M>Logic()``: the class named so in the widget's own Python module.
+
+        The lookup follows Slicer's naming convention, by which ``ScriptedLoadableModule.runTest`` finds
+        ``<M>Test`` and ``ScriptedLoadableModuleLogic`` names its parameter node. Override to use another logic.
+        """
+        import sys
+
+        module_name = type(self).__name__.removesuffix("Widget")
+        return getattr(sys.modules[type(self).__module__], f"{module_name}Logic")()
+
+    def setup(self) -> None:
+        """Load ``Resources/UI/<M>.ui``, create the logic, connect the shared widgets, show the parameter node."""
+        import slicer
+
+        super().setup()
+        uiWidget = slicer.util.loadUI(self.resourcePath(f"UI/{self.moduleName}.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = self.createLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.connectCommonWidgets()
+        self.pipelineReady = task_package_available(self.logic.TASK)
+        self.refreshModelCards()
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        """Called when the application closes and the module widget is destroyed."""
+        self.removeObservers()
+
+    def enter(self) -> None:
+        """Called each time the user opens this module."""
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        """Called each time the user opens another module: stop updating the GUI from the parameter node."""
+        import vtk
+
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+
+    def onSceneStartClose(self, caller: Any, event: Any) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller: Any, event: Any) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        """Use the scene's parameter node of this module; choose the first volume when none is chosen."""
+        import slicer
+
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode:
+                self._parameterNode.inputVolume = firstVolumeNode
+
+    def setParameterNode(self, inputParameterNode: Any) -> None:
+        """Bind the .ui to ``inputParameterNode`` (a ``<M>ParameterNode`` or None) and observe its changes."""
+        import vtk
+
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._onParameterNodeModified()
+
+    def _onParameterNodeModified(self, caller: Any = None, event: Any = None) -> None:
+        self.syncModelCard()
+        volume = self._parameterNode.inputVolume
+        if volume:
+            self.ui.outputSegmentationSelector.baseName = f"{volume.GetName()} {self.OUTPUT_NAME_SUFFIX}"
+        self.updateButtonStates()
+
+    def updateButtonStates(self) -> None:
+        """Enable what can run now. Apply needs an input volume and a model card, never the task package."""
+        parameters = self._parameterNode
+        if parameters is None:
+            return
+        idle = not self.running
+        self.ui.applyButton.enabled = bool(parameters.inputVolume and parameters.modelCard and idle)
+        self.ui.applyButton.toolTip = self.APPLY_TOOLTIP if parameters.modelCard else NO_MODEL_CARD_TOOLTIP
+        self.ui.cancelButton.enabled = self.running
+        self.ui.exportButton.enabled = bool(parameters.outputSegmentation) and idle
+        self.ui.editButton.enabled = bool(parameters.outputSegmentation) and idle
+        self.updateTaskButtons(parameters)
+
+    def updateTaskButtons(self, parameters: Any) -> None:
+        """Enable the module's own buttons for ``parameters`` (the parameter node); none by default."""
 
     def connectCommonWidgets(self) -> None:
-        """Connect the shared buttons and the Model box to their handlers."""
+        """Connect Apply, the shared buttons and the Model box to their handlers."""
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.modelCardComboBox.connect("currentIndexChanged(int)", self.onModelCardChanged)
         self.ui.addModelCardButton.connect("clicked(bool)", self.onAddModelCard)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
@@ -448,6 +638,19 @@ class TaskWidgetMixin:
             self.ui.progressBar.value = 0
             self.updateButtonStates()
 
+    def onApplyButton(self) -> None:
+        """Run the chosen model card on the input volume (``<M>Logic.process``) with progress and Cancel."""
+        import slicer
+
+        with slicer.util.tryWithErrorDisplay(self.APPLY_FAILURE, waitCursor=True):
+            self.ensureDependencies()
+            p = self._parameterNode
+            segmentation = self.runWithProgress(lambda progress: self.logic.process(
+                p.inputVolume, p.modelCard, p.device, p.outputSegmentation, progress=progress))
+            if segmentation is not None:
+                p.outputSegmentation = segmentation
+                self.ui.statusLabel.text = f"Done: '{segmentation.GetName()}'. {self.APPLY_DONE_HINT}"
+
     def onCancelButton(self) -> None:
         if self._progress is not None:
             self._progress.cancel()
@@ -473,3 +676,114 @@ class TaskWidgetMixin:
         with slicer.util.tryWithErrorDisplay("Could not check the device.", waitCursor=True):
             self.ensureDependencies()
             self.ui.deviceReportLabel.text = self.logic.deviceReport(self._parameterNode.device)
+
+
+class TaskLogicMixin:
+    """Logic the three MSKSeg modules share, mixed into each ``<M>Logic`` before ``ScriptedLoadableModuleLogic``.
+
+    Calls :mod:`mskseg.app`, so it works from Python without the widget (nodes and values are arguments).
+    The ``<M>Logic`` sets :attr:`TASK` and :attr:`PARAMETER_NODE` (its ``@parameterNodeWrapper`` class).
+    """
+
+    TASK = ""
+    PARAMETER_NODE: Any = None
+
+    def getParameterNode(self) -> Any:
+        """The scene's parameter node of this module, wrapped in :attr:`PARAMETER_NODE`."""
+        return self.PARAMETER_NODE(super().getParameterNode())
+
+    def modelCards(self) -> list:
+        """The model cards of this task (objects with ``path``, ``title``, ``name``)."""
+        return app_function("list_model_cards")(self.TASK)
+
+    def deviceReport(self, preference: str = "auto") -> str:
+        """Which device a run would use for ``preference`` (one of :data:`DEVICE_CHOICES`) and why."""
+        return app_function("device_report")(preference)
+
+    def process(self, inputVolume: Any, modelCard: str, device: str = "auto", outputSegmentation: Any = None,
+                progress: Callable[..., bool] | None = None) -> Any:
+        """Segment ``inputVolume`` with the model card ``modelCard``; returns the segmentation node.
+
+        A given ``outputSegmentation`` that already holds segments is left as it is (it may hold
+        corrections) and a new node is made.
+
+        Raises:
+            MSKSegError: no input volume, no model card, or the card file does not exist (checked first).
+        """
+        import slicer
+
+        require_inputs(inputVolume, modelCard)
+        return app_function("run_segmentation")(
+            slicer.mrmlScene, inputVolume, modelCard, device=device, progress=progress,
+            segmentation_node=outputSegmentation)
+
+    def export(self, segmentationNode: Any, volumeNode: Any, folder: str | Path | None,
+               formats: Sequence[str] | None = None, overwrite: bool = False) -> list:
+        """Write the segmentation (.seg.nrrd, DICOM-SEG for DICOM inputs) and metrics CSV; returns the paths.
+
+        Raises:
+            MSKSegError: no segmentation, or no export folder chosen.
+        """
+        import slicer
+
+        if segmentationNode is None:
+            raise MSKSegError("There is no segmentation to export.", "press Apply first")
+        return app_function("export_results")(
+            slicer.mrmlScene, segmentationNode, volumeNode, str(require_export_folder(folder)),
+            formats=formats or default_export_formats(volumeNode), overwrite=overwrite)
+
+
+class TaskTestMixin:
+    """Self-test the three MSKSeg modules share (Reload and Test, and ctest): synthetic data only, no download.
+
+    Mixed into each ``<M>Test`` before ``ScriptedLoadableModuleTest``, which sets :attr:`LOGIC` (its
+    ``<M>Logic`` class) and :attr:`SYNTHETIC_CLASSES` (class names of its task for the synthetic case).
+    """
+
+    LOGIC: Any = None
+    SYNTHETIC_CLASSES: tuple[str, ...] = ()
+
+    def setUp(self) -> None:
+        import slicer
+
+        slicer.mrmlScene.Clear(0)
+
+    def runTest(self) -> None:
+        """Run every test of the module on a cleared scene."""
+        ensure_dependencies(ask=False)
+        for test in (self.test_process_refuses_missing_input, self.test_device_report_names_device,
+                     self.test_export_writes_files_and_refuses_overwrite, self.test_rerun_keeps_corrected_segmentation):
+            self.setUp()
+            test()
+
+    def test_process_refuses_missing_input(self) -> None:
+        with self.assertRaises(MSKSegError):
+            self.LOGIC().process(None, "")
+
+    def test_device_report_names_device(self) -> None:
+        self.assertIn("cpu", self.LOGIC().deviceReport("cpu").lower())
+
+    def test_export_writes_files_and_refuses_overwrite(self) -> None:
+        from .errors import OutputExistsError
+
+        volume, segmentation = add_synthetic_case(self.SYNTHETIC_CLASSES)
+        folder = tempfile.mkdtemp(prefix="mskseg-selftest-")
+        logic = self.LOGIC()
+        files = logic.export(segmentation, volume, folder)
+        self.assertTrue(files and all(Path(f).is_file() for f in files), files)
+        with self.assertRaises(OutputExistsError):
+            logic.export(segmentation, volume, folder)
+        self.assertEqual(sorted(logic.export(segmentation, volume, folder, overwrite=True)), sorted(files))
+
+    def test_rerun_keeps_corrected_segmentation(self) -> None:
+        cards = self.LOGIC().modelCards()
+        if not cards:
+            self.delayDisplay(f"No bundled {self.LOGIC.TASK} model: run test skipped")
+            return
+        volume, corrected = add_synthetic_case(self.SYNTHETIC_CLASSES[:1])
+        try:
+            result = self.LOGIC().process(volume, str(cards[0].path), "cpu", corrected)
+            self.assertNotEqual(result.GetID(), corrected.GetID())
+        except MSKSegError as error:  # a pipeline may rightly refuse a phantom (e.g. one without an L3)
+            self.delayDisplay(f"Synthetic volume refused: {error}")
+        self.assertEqual(corrected.GetSegmentation().GetNumberOfSegments(), 1)
