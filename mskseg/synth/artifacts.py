@@ -361,6 +361,26 @@ def add_table(hu: np.ndarray, spacing: Sequence[float], rng: np.random.Generator
     return out
 
 
+def _outside_fov(shape: Sequence[int], spacing: Sequence[float], fov_mm: float,
+                 center: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(outside, r, angle)`` for a slice of ``shape`` (J, I): pixels outside the reconstruction circle, their
+    distance (mm) from its centre ``(i, j)`` (default the middle of the slice) and their polar angle."""
+    n_j, n_i = int(shape[0]), int(shape[1])
+    si, sj = float(spacing[0]), float(spacing[1])
+    ci, cj = ((n_i - 1) / 2.0, (n_j - 1) / 2.0) if center is None else (float(center[0]), float(center[1]))
+    x = ((np.arange(n_i) - ci) * si)[None, :]
+    y = ((np.arange(n_j) - cj) * sj)[:, None]
+    r = np.sqrt(x * x + y * y)
+    return r > fov_mm / 2.0, r, np.arctan2(y, x)
+
+
+def outside_fov(shape: Sequence[int], spacing: Sequence[float], fov_mm: float,
+                center: Sequence[float] | None = None) -> np.ndarray:
+    """Boolean ``(J, I)`` mask of the pixels :func:`truncate_fov` replaces: nothing is imaged there, so no
+    label may be true there either."""
+    return _outside_fov(shape, spacing, fov_mm, center)[0]
+
+
 def truncate_fov(hu: np.ndarray, spacing: Sequence[float], fov_mm: float,
                  center: Sequence[float] | None = None, padding_hu: float = -1024.0,
                  rim_hu: float = 80.0) -> np.ndarray:
@@ -380,19 +400,12 @@ def truncate_fov(hu: np.ndarray, spacing: Sequence[float], fov_mm: float,
     """
     _check(hu, spacing)
     out = np.array(hu, dtype=np.float32)
-    n_j, n_i = out.shape[-2:]
-    si, sj = float(spacing[0]), float(spacing[1])
-    ci, cj = ((n_i - 1) / 2.0, (n_j - 1) / 2.0) if center is None else (float(center[0]), float(center[1]))
-    x = ((np.arange(n_i) - ci) * si)[None, :]
-    y = ((np.arange(n_j) - cj) * sj)[:, None]
-    r = np.sqrt(x * x + y * y)
-    outside = r > fov_mm / 2.0
+    outside, r, ang = _outside_fov(out.shape[-2:], spacing, fov_mm, center)
     if not outside.any():
         return out
     for k in ([None] if out.ndim == 2 else range(out.shape[0])):
         sl = out if k is None else out[k]
         if rim_hu and bool((sl[outside] > -500).any()):
-            ang = np.arctan2(y, x)
             bins = np.linspace(-np.pi, np.pi, 181)
             cut = np.histogram(ang[outside & (sl > -500)], bins)[0] > 0
             cut = np.convolve(np.r_[cut[-3:], cut, cut[:3]].astype(float), np.ones(7) / 7, "same")[3:-3]
