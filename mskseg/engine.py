@@ -273,7 +273,7 @@ def _prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Mod
     return model
 
 
-def _forward(model: torch.nn.Module, batch: torch.Tensor, device: torch.device, amp: bool) -> torch.Tensor:
+def forward_logits(model: torch.nn.Module, batch: torch.Tensor, device: torch.device, amp: bool) -> torch.Tensor:
     """Logits as float32; autocast to float16 only on CUDA. Deep-supervision outputs: the first is used."""
     import torch
 
@@ -374,7 +374,7 @@ def predict_slices(model: torch.nn.Module, volume: np.ndarray, *, context: int =
             batch_indices = np.asarray(indices[start:start + batch_size])
             neighbours = np.clip(batch_indices[:, None] + offsets[None, :], 0, num_slices - 1)  # (B, 2c+1)
             batch = torch.from_numpy(np.ascontiguousarray(vol[neighbours], dtype=np.float32)).to(dev)
-            logits = _forward(model, batch, dev, amp)
+            logits = forward_logits(model, batch, dev, amp)
             stop = start + len(batch_indices)
             if output == "labels":
                 result[start:stop] = _labels(logits).cpu().numpy()  # type: ignore[index]
@@ -522,7 +522,7 @@ def predict_volume(model: torch.nn.Module, volume: np.ndarray, *, roi_size: Sequ
                 reporter.check()
                 chunk = plane_windows[b:b + sw_batch_size]
                 batch = torch.stack([source[:, k:k + roi[0], j:j + roi[1], i:i + roi[2]] for j, i in chunk]).to(dev)
-                probs = _probabilities(_forward(model, batch, dev, amp)) * weight_roi  # (B, C, rk, rj, ri)
+                probs = _probabilities(forward_logits(model, batch, dev, amp)) * weight_roi  # (B, C, rk, rj, ri)
                 probs = probs.cpu()
                 if acc is None:
                     acc = torch.zeros((probs.shape[1], needed) + size[1:])

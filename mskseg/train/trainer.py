@@ -41,6 +41,7 @@ import numpy as np
 
 from ..errors import CancelledError, ModelCardError, MSKSegError, OutputExistsError
 from ..io.common import Labels
+from ..engine import forward_logits
 from . import data as D
 
 if TYPE_CHECKING:
@@ -479,14 +480,8 @@ def _predict_samples(model: torch.nn.Module, samples: Sequence[D.Sample], spatia
                 group.append(samples[start + len(group)])
             padded = [D.pad_to_multiple(s.image.astype(np.float32), s.label, 32) for s in group]
             batch = torch.from_numpy(np.stack([p[0] for p in padded])).to(device)
-            if amp and device.type == "cuda":
-                with torch.autocast(device_type="cuda", dtype=torch.float16):
-                    logits = model(batch)
-            else:
-                logits = model(batch)
-            if isinstance(logits, (list, tuple)):
-                logits = logits[0]
-            labels = torch.argmax(logits.float(), dim=1).to(torch.uint8).cpu().numpy()
+            logits = forward_logits(model, batch, device, amp)
+            labels = torch.argmax(logits, dim=1).to(torch.uint8).cpu().numpy()
             for (_, _, crop), lab in zip(padded, labels):
                 predictions.append(lab[crop])
             start += len(group)
