@@ -336,3 +336,21 @@ def test_reading_a_ct_slice_as_seg_is_refused(shared_data):
 def test_option_value_dicom_does_not_allow_is_refused_with_its_name(tmp_path, ct3, liver_map):
     with pytest.raises(InvalidImageError, match="could not be built"):
         write_dicom_seg(tmp_path / "x.dcm", liver_map, {1: "liver"}, ct3, content_label="lower case label!")
+
+
+def test_seg_on_the_real_jpeg2000_series_with_blank_sop_class_in_its_datasets(tmp_path, shared_data):
+    """The anonymised real series keeps SOP Class/Instance UIDs only in its file meta header."""
+    from mskseg.io import read_image
+
+    ct = read_image(shared_data / "ct-dicom-t12" / "dicom")
+    first = pydicom.dcmread(ct.metadata["source_files"][0], stop_before_pixels=True)
+    assert not first.get("SOPClassUID")  # what makes this case special
+    lab = np.zeros(ct.array.shape, np.uint8)
+    lab[10, 200:300, 150:260] = 1
+    lab[11, 220:260, 300:330] = 2
+    path = write_dicom_seg(tmp_path / "t12.dcm", ct.with_array(lab), {1: "skeletal_muscle", 2: "visceral_fat"}, ct)
+    back, labels = read_dicom_seg(path, ct)
+    assert labels == {1: "skeletal_muscle", 2: "visceral_fat"} and np.array_equal(back.array, lab)
+    ref = pydicom.dcmread(path).ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+    assert ref.ReferencedSOPClassUID == first.file_meta.MediaStorageSOPClassUID
+    assert dciodvfy_errors(path) == [] if shutil.which("dciodvfy") else True

@@ -67,5 +67,8 @@ def check_labelmap(labelmap: Image, labels: Labels, source: Image | None = None)
 def _present_values(arr: np.ndarray) -> list[int]:
     """Distinct values of an integer array; ``bincount`` for small unsigned types (far faster than ``unique``)."""
     if arr.dtype in (np.uint8, np.uint16):
-        return np.flatnonzero(np.bincount(arr.ravel(), minlength=1)).tolist()
+        # Label maps are mostly background: count only the labelled voxels (a single-slice map of a large
+        # volume is 99 % zeros).
+        labelled = arr[arr != 0]
+        return [0, *np.flatnonzero(np.bincount(labelled, minlength=1)).tolist()][int(labelled.size == arr.size):]
     return np.unique(arr).tolist()

@@ -235,6 +235,13 @@ def _read_source_datasets(files: list[str], source: Image) -> list:
         # An empty SpecificCharacterSet (seen in real data) means the default repertoire; highdicom rejects ''.
         if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
             del ds.SpecificCharacterSet
+        # Some anonymisers blank SOPClassUID / SOPInstanceUID in the dataset but keep them in the file meta
+        # header (seen in real data); the referenced-image sequence needs them.
+        meta = getattr(ds, "file_meta", None)
+        if not ds.get("SOPClassUID") and meta is not None and meta.get("MediaStorageSOPClassUID"):
+            ds.SOPClassUID = meta.MediaStorageSOPClassUID
+        if not ds.get("SOPInstanceUID") and meta is not None and meta.get("MediaStorageSOPInstanceUID"):
+            ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
         if int(ds.get("NumberOfFrames", 1) or 1) != 1:
             raise InvalidImageError(
                 f"source file {file} is a multi-frame image; MSKSeg writes DICOM-SEG for single-frame series",
