@@ -273,7 +273,27 @@ def _read_source_datasets(files: list[str], source: Image) -> list:
                 "the source files' ImageOrientationPatient does not match the image's row/column directions",
                 "read the series with mskseg.io.read_image so that the image keeps the DICOM pixel layout",
             )
+    _fill_blank_series_uids(datasets)
     return datasets
+
+
+def _fill_blank_series_uids(datasets: list) -> None:
+    """Give an anonymised series with blank Study/Series Instance UIDs stable stand-in UIDs.
+
+    DICOM-SEG must name the study and series it belongs to (dciodvfy: "Empty attribute ... Type 1"). When
+    the source blanked them, the same UIDs are derived from the slices' SOP Instance UIDs every time, so
+    repeated exports of one series agree with each other. Nothing is written back to the source files.
+    """
+    from pydicom.uid import generate_uid
+
+    instances = [str(ds.get("SOPInstanceUID", "")) for ds in datasets]
+    for key in ("StudyInstanceUID", "SeriesInstanceUID"):
+        if all(ds.get(key) for ds in datasets):
+            continue
+        uid = generate_uid(entropy_srcs=[key, *instances])
+        for ds in datasets:
+            if not ds.get(key):
+                setattr(ds, key, uid)
 
 
 def _segment_description(number: int, name: str, algorithm_type: str, algorithm):
