@@ -361,8 +361,10 @@ TINY_ARGS = {
 }
 
 
-def test_every_registered_network_has_a_forward_test():
-    assert set(TINY_ARGS) == set(NETWORKS)
+def test_every_registered_monai_network_has_a_forward_test():
+    # Task modules register their own special-purpose networks (e.g. the L3 projection net) and test them
+    # themselves; every general-purpose MONAI builder must be covered here.
+    assert {n for n in NETWORKS if n.startswith("monai.") and "." not in n[len("monai."):]} == set(TINY_ARGS)
 
 
 @pytest.mark.parametrize("name", sorted(TINY_ARGS))
