@@ -32,6 +32,7 @@ from mskseg import slicer_setup  # standard library only: cheap at Slicer start-
 
 CUTOFF_SETS = ["Prado 2008", "Martin 2013", "Derstine 2018", "Yoon 2021", "Kamo 2019"]
 SEX_CHOICES = ["from DICOM", "female", "male"]
+TISSUE_METHODS = ["auto", "network", "rules"]
 
 
 class SarcopeniaSeg(ScriptedLoadableModule):
@@ -85,6 +86,7 @@ class SarcopeniaSegParameterNode(slicer_setup.TaskParameters):
     cutoffSet: Annotated[str, Choice(CUTOFF_SETS)] = "Martin 2013"
     slabSlices: Annotated[int, WithinRange(1, 15)] = 1
     muscleGroups: bool = False
+    tissueMethod: Annotated[str, Choice(TISSUE_METHODS)] = "auto"
 
 
 class SarcopeniaSegWidget(slicer_setup.TaskWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -95,7 +97,7 @@ class SarcopeniaSegWidget(slicer_setup.TaskWidgetMixin, ScriptedLoadableModuleWi
     """
 
     OUTPUT_NAME_SUFFIX = "body composition"
-    APPLY_TOOLTIP = "Segment the body-composition tissues with the chosen model"
+    APPLY_TOOLTIP = "Segment the tissues on the axial slice shown (Find L3 puts the views on L3), with the chosen model"
     APPLY_FAILURE = "Body-composition segmentation failed."
     APPLY_DONE_HINT = "Check it, then Measure or Export."
 
@@ -121,7 +123,27 @@ class SarcopeniaSegWidget(slicer_setup.TaskWidgetMixin, ScriptedLoadableModuleWi
             index = self.runWithProgress(lambda progress: self.logic.findL3(p.inputVolume, p.device, progress))
             if index is not None:
                 self.logic.showSlice(p.inputVolume, index)
-                self.ui.statusLabel.text = f"L3 found at slice {index}."
+                self.ui.statusLabel.text = self.logic.levelReport(p.inputVolume) + \
+                    " Move the slice views to correct it, then Apply."
+
+    def onApplyButton(self) -> None:
+        """Segment the tissues at the slice the views show (Find L3 puts them on L3; the user may move them).
+
+        Without the body-composition pipeline, Apply runs the chosen model card on the whole volume.
+        """
+        if not self.pipelineReady:
+            super().onApplyButton()
+            return
+        with slicer.util.tryWithErrorDisplay(self.APPLY_FAILURE, waitCursor=True):
+            self.ensureDependencies()
+            p = self._parameterNode
+            index = self.logic.shownSliceIndex(p.inputVolume)
+            segmentation = self.runWithProgress(lambda progress: self.logic.segmentAtLevel(
+                p.inputVolume, index, p.modelCard, p.device, p.outputSegmentation, p.slabSlices, p.muscleGroups,
+                p.tissueMethod, progress=progress))
+            if segmentation is not None:
+                p.outputSegmentation = segmentation
+                self.ui.statusLabel.text = f"Done: '{segmentation.GetName()}'. {self.APPLY_DONE_HINT}"
 
     def onMeasureButton(self) -> None:
         with slicer.util.tryWithErrorDisplay("Body-composition measurement failed.", waitCursor=True):
@@ -144,10 +166,47 @@ class SarcopeniaSegLogic(slicer_setup.TaskLogicMixin, ScriptedLoadableModuleLogi
     PARAMETER_NODE = SarcopeniaSegParameterNode
 
     def findL3(self, inputVolume, device: str = "auto", progress=None) -> int:
-        """Index ``k`` (numpy axis 0 of the volume's voxel array) of the slice through the middle of L3."""
+        """Index ``k`` (numpy axis 0 of the volume's voxel array) of the slice through the middle of L3.
+
+        What was found (level, confidence, every vertebra level, warnings) is kept on the volume node.
+        """
         slicer_setup.require_volume(inputVolume)
         found = slicer_setup.app_function("find_l3")(slicer.mrmlScene, inputVolume, device=device, progress=progress)
         return int(getattr(found, "index", found))
+
+    def levelReport(self, inputVolume) -> str:
+        """One line on the level found: slice, confidence, levels and warnings (from the volume node)."""
+        return slicer_setup.app_function("describe_l3")(inputVolume)
+
+    def segmentAtLevel(self, inputVolume, sliceIndex, modelCard: str = "", device: str = "auto",
+                       outputSegmentation=None, slabSlices: int = 1, muscleGroups: bool = False,
+                       tissueMethod: str = "auto", progress=None):
+        """Segment the body-composition tissues on ``slabSlices`` slices centred on ``sliceIndex``.
+
+        ``sliceIndex`` None: the L3 slice Find L3 found, found now if needed. A non-empty ``outputSegmentation``
+        is never overwritten (a new node is made).
+        """
+        slicer_setup.require_volume(inputVolume)
+        if sliceIndex is None:
+            found = inputVolume.GetAttribute("MSKSeg.L3.Index")
+            sliceIndex = int(found) if found is not None else self.findL3(inputVolume, device, progress)
+        return slicer_setup.app_function("segment_body_composition")(
+            slicer.mrmlScene, inputVolume, int(sliceIndex), slab=slabSlices, method=tissueMethod,
+            muscle_groups=muscleGroups, device=device, progress=progress, segmentation_node=outputSegmentation,
+            model_card=modelCard or None)
+
+    def shownSliceIndex(self, volumeNode):
+        """Slice index ``k`` of ``volumeNode`` that the Red (axial) view shows, None when not on the volume."""
+        layoutManager = slicer.app.layoutManager()
+        sliceWidget = layoutManager.sliceWidget("Red") if layoutManager else None
+        if sliceWidget is None or volumeNode is None or volumeNode.GetImageData() is None:
+            return None
+        rasToIjk = vtk.vtkMatrix4x4()
+        volumeNode.GetRASToIJKMatrix(rasToIjk)
+        sliceToRas = sliceWidget.mrmlSliceNode().GetSliceToRAS()
+        centre = [sliceToRas.GetElement(row, 3) for row in range(3)] + [1.0]
+        k = int(round(rasToIjk.MultiplyPoint(centre)[2]))
+        return k if 0 <= k < volumeNode.GetImageData().GetDimensions()[2] else None
 
     def showSlice(self, volumeNode, index: int) -> None:
         """Centre the slice views on slice ``index`` of ``volumeNode``."""

@@ -38,7 +38,7 @@ MODULES = ("SarcopeniaSeg", "BoneSeg", "SpineSeg")
 TASKS = {"SarcopeniaSeg": "sarcopenia", "BoneSeg": "bone", "SpineSeg": "spine"}
 TITLES = {"SarcopeniaSeg": "Sarcopenia Segmentation", "BoneSeg": "Bone Segmentation", "SpineSeg": "Spine Segmentation"}
 COMMON_FIELDS = {"inputVolume", "modelCard", "device", "outputSegmentation", "exportFolder", "overwrite"}
-SARCOPENIA_FIELDS = {"height_m", "weight_kg", "sex", "cutoffSet", "slabSlices", "muscleGroups"}
+SARCOPENIA_FIELDS = {"height_m", "weight_kg", "sex", "cutoffSet", "slabSlices", "muscleGroups", "tissueMethod"}
 #: Top-level imports a module file may have: Slicer starts every module at start-up, so nothing heavy.
 ALLOWED_TOP_IMPORTS = {"importlib.util", "os", "pathlib", "sys", "typing", "__future__", "vtk", "slicer",
                        "slicer.parameterNodeWrapper", "slicer.ScriptedLoadableModule", "slicer.util",

@@ -17,6 +17,10 @@ from .errors import MSKSegError
 
 EPILOG = """\
 examples:
+  mskseg sarcopenia --demo                   body composition at L3 of a synthetic CT made on the spot: L3 slice,
+                                             muscle and fat, SMI, cut-off flags, .seg.nrrd, DICOM-SEG, CSV, report
+  mskseg sarcopenia ct-folder/ --height 1.72 --weight 68 --sex F --out results/
+                                             the same on your CT (`mskseg sarcopenia --help` for every option)
   mskseg demo --out demo-out                 make a synthetic abdominal CT (DICOM), export it in every format
   mskseg info path/to/dicom-folder           geometry, modality, patient attributes, series found
   mskseg export ct.nii.gz labels.nii.gz --labels 1=skeletal_muscle,2=subcutaneous_fat --out results/
@@ -90,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .synth.cli import add_synth_parser
 
     add_synth_parser(sub)
+    from .sarcopenia.cli import add_sarcopenia_parser
+
+    add_sarcopenia_parser(sub)
     _add_optional_parsers(sub)
 
     s = sub.add_parser("terminology", help="list class names and codes, or write Slicer's .term.json")
@@ -145,10 +152,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _commands() -> dict:
     """Subcommand name -> function(args) -> exit status."""
+    from .sarcopenia.cli import run_sarcopenia_cli
     from .synth.cli import run_synth
 
     table = {"info": cmd_info, "demo": cmd_demo, "export": cmd_export, "segment": cmd_segment,
-             "models": cmd_models, "device": cmd_device, "terminology": cmd_terminology, "synth": run_synth}
+             "models": cmd_models, "device": cmd_device, "terminology": cmd_terminology, "synth": run_synth,
+             "sarcopenia": run_sarcopenia_cli}
     try:
         from .train.cli import run_evaluate, run_train
 

@@ -1,0 +1,243 @@
+"""``mskseg sarcopenia``: body composition at L3 from a CT, headless, with every output file.
+
+Wired into the ``mskseg`` command by :mod:`mskseg.cli` (:func:`add_sarcopenia_parser`, :func:`run_sarcopenia_cli`).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidImageError, MSKSegError
+
+#: Output folder of ``mskseg sarcopenia --demo`` when --out is not given.
+DEMO_OUT = "sarcopenia-demo"
+#: Patient values of the demo CT when its sample carries none (a man of average build).
+DEMO_PATIENT = {"PatientSex": "M", "PatientSize": 1.76, "PatientWeight": 82.0, "PatientAge": "064Y"}
+
+DESCRIPTION = """\
+Body composition at the third lumbar vertebra (L3) of an abdominal CT: find the L3 slice, segment skeletal
+muscle (SM), intermuscular (IMAT), subcutaneous (SAT) and visceral (VAT) adipose tissue there, and measure
+areas (cm2), mean and SD of HU (muscle radiodensity SMD), the skeletal muscle index SMI = SMA / height^2
+(cm2/m2), VAT/SAT ratio and total adipose tissue, with the low-muscle and low-radiodensity flags of a
+published cut-off set.
+
+Writes into --out: segmentation.seg.nrrd (open in 3D Slicer with the CT), segmentation.dcm (DICOM-SEG, when
+the CT is a DICOM series), metrics.csv, metrics.json (rows, units, level, confidence, windows, warnings) and
+report.png (the L3 slice with the tissues, a sagittal view with the vertebra levels, the measurements)."""
+
+
+def _epilog() -> str:
+    try:
+        from .cutoffs import CUTOFF_SETS
+
+        sets = "\n".join(f"  {s.describe()}" for s in CUTOFF_SETS.values())
+    except ImportError:  # pragma: no cover - a partial installation
+        sets = "  Prado 2008, Martin 2013, Derstine 2018, Yoon 2021, Kamo 2019"
+    return f"""\
+examples:
+  mskseg sarcopenia --demo                     the whole path on a synthetic CT made on the spot
+                                               (written as DICOM first), results in ./{DEMO_OUT}
+  mskseg sarcopenia ct-folder/ --height 1.72 --weight 68 --sex F --out results/
+  mskseg sarcopenia ct.nii.gz --cutoffs "Derstine 2018" --slab 3 --out results/
+  mskseg sarcopenia ct-folder/ --levels 57 --out results/      measure slice 57 (the user's L3 slice)
+  mskseg sarcopenia chest-ct/ --allow-fallback --out results/  L3 outside the field of view: use the
+                                               next level of Derstine 2018's order L2, L4, L5, L1, T12, T11, T10
+
+cut-off sets (--cutoffs; flags need sex and height, Martin 2013 also weight):
+{sets}
+
+tissue windows (HU; Slice-O-Matic / Comp2Comp convention, reported in every output):
+  skeletal muscle -29..+150; IMAT and SAT -190..-30; VAT -150..-50 (--vat-window -190,-30 for the wider one).
+  Muscle-labelled pixels in the IMAT window count as IMAT.
+
+Height, weight and sex default to the DICOM header (PatientSize in metres, PatientWeight, PatientSex).
+Height is in metres (1.72, not 172). The slice index of --levels is k of `mskseg info` (0-based, along the
+volume's slice axis). Nothing is overwritten unless --overwrite is given; nothing is downloaded.
+"""
+
+
+def add_sarcopenia_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add the ``sarcopenia`` subcommand to the ``mskseg`` subparsers ``sub``; returns its parser."""
+    s = sub.add_parser("sarcopenia", help="body composition at L3 of a CT: muscle, fat, SMI, flags, report",
+                       description=DESCRIPTION, epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("ct", nargs="?", help="CT: DICOM series folder, DICOM file, NIfTI, NRRD or MHA")
+    s.add_argument("--demo", action="store_true",
+                   help=f"run on a synthetic abdominal CT made on the spot (default --out {DEMO_OUT})")
+    s.add_argument("--out", metavar="DIR", help="output folder (required unless --demo)")
+    s.add_argument("--overwrite", action="store_true", help="replace files of an earlier run in --out")
+    s.add_argument("--series", metavar="UID", help="SeriesInstanceUID when the folder holds several series")
+    patient = s.add_argument_group("patient (default: the DICOM header)")
+    patient.add_argument("--height", type=float, metavar="M", help="height in metres, for SMI (e.g. 1.72)")
+    patient.add_argument("--weight", type=float, metavar="KG", help="weight in kg, for BMI (Martin 2013)")
+    patient.add_argument("--sex", choices=["M", "F"], help="sex, for the cut-offs")
+    options = s.add_argument_group("measurement")
+    options.add_argument("--cutoffs", default="Martin 2013", metavar="NAME",
+                         help="cut-off set for the flags (default: Martin 2013; listed below)")
+    options.add_argument("--levels", default="auto", metavar="auto|INDEX",
+                         help="auto: find L3 (default); a slice index k: measure that slice (method 'user')")
+    options.add_argument("--slab", type=int, default=1, metavar="N",
+                         help="slices centred on the level to measure; the mean row averages them (default 1)")
+    options.add_argument("--method", choices=["auto", "network", "rules"], default="auto",
+                         help="tissue segmentation: the installed network, HU rules, or auto (network if installed)")
+    options.add_argument("--muscle-groups", action="store_true",
+                         help="also measure psoas, paraspinal and abdominal wall muscles")
+    options.add_argument("--allow-fallback", action="store_true",
+                         help="when L3 is outside the field of view, measure the next level present")
+    options.add_argument("--vat-window", metavar="LO,HI", help="VAT window in HU (default -150,-50)")
+    options.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    return s
+
+
+def run_sarcopenia_cli(args: argparse.Namespace) -> int:
+    """Run ``mskseg sarcopenia`` for parsed ``args``; returns the exit status (errors raise MSKSegError)."""
+    from ..io import read_image
+    from .pipeline import export_sarcopenia, run_sarcopenia
+
+    if args.demo and args.ct:
+        raise MSKSegError("give either a CT or --demo, not both")
+    if not args.demo and not args.ct:
+        raise MSKSegError("no CT given", "mskseg sarcopenia CT --out DIR (or --demo to try it on a synthetic CT)")
+    if not args.demo and not args.out:
+        raise MSKSegError("no output folder given", "add --out DIR")
+    from .cutoffs import get_cutoff_set
+
+    out = Path(args.out or DEMO_OUT)
+    cutoff_set = get_cutoff_set(args.cutoffs).name  # a typo fails before the CT is read
+    settings = _settings(args.vat_window)
+    level_index = _level_index(args.levels)
+    _check_out(out, args.overwrite)
+
+    if args.demo:
+        t0 = time.perf_counter()
+        source = _write_demo_ct(out / "ct-dicom", args.overwrite)
+        print(f"synthetic CT made and written as DICOM in {time.perf_counter() - t0:.1f} s: {source}")
+    else:
+        source = Path(args.ct)
+    t0 = time.perf_counter()
+    image = read_image(source, series_uid=args.series)
+    t_read = time.perf_counter() - t0
+    progress = _progress_bar()
+    try:
+        result = run_sarcopenia(image, height_m=args.height, weight_kg=args.weight, sex=args.sex,
+                                cutoff_set=cutoff_set, level_index=level_index, slab=args.slab, method=args.method,
+                                muscle_groups=args.muscle_groups, allow_fallback=args.allow_fallback,
+                                settings=settings, device=args.device, progress=progress)
+    finally:
+        progress.close()
+    t1 = time.perf_counter()
+    written = export_sarcopenia(out, image, result, overwrite=args.overwrite, extra={"input": str(source)})
+    t_write = time.perf_counter() - t1
+    _print_result(result, written, t_read, t_write)
+    return 0
+
+
+def _print_result(result: Any, written: list[Path], t_read: float, t_write: float) -> None:
+    l3 = result.l3
+    row = result.headline_row()
+    how = "chosen by the user" if l3.method == "user" else f"{l3.method}, confidence {l3.confidence:.2f}"
+    print(f"level      {l3.level} at slice {l3.index} (z = {l3.position_mm:.1f} mm; {how})")
+    if getattr(l3, "levels", None):
+        print("levels     " + ", ".join(f"{n} {k}" for n, k in sorted(l3.levels.items(), key=lambda t: -t[1])))
+    print(f"tissues    {result.tissue_method} on {len(result.slices)} slice(s) {result.slices}")
+
+    def fmt(key: str, unit: str, digits: int = 1) -> str:
+        value = row.get(key)
+        return f"{value:.{digits}f} {unit}" if isinstance(value, (int, float)) else "-"
+
+    print(f"SMA        {fmt('SMA_cm2', 'cm2')}   SMD {fmt('SMD_HU', 'HU')}   SMI {fmt('SMI_cm2_m2', 'cm2/m2')}"
+          + (f" ({row.get('SMI_reason')})" if row.get("SMI_cm2_m2") is None and row.get("SMI_reason") else ""))
+    print(f"fat        SAT {fmt('SAT_cm2', 'cm2')}   VAT {fmt('VAT_cm2', 'cm2')}   IMAT {fmt('IMAT_cm2', 'cm2')}"
+          f"   VAT/SAT {fmt('VAT_SAT_ratio', '', 2).strip()}")
+    for flag, what in (("sarcopenia", "low SMI"), ("low_radiodensity", "low SMD")):
+        value = row.get(flag)
+        text = "yes" if value is True else "no" if value is False else f"undecided ({row.get(flag + '_reason')})"
+        print(f"{what:10s} {text}  [{result.cutoff_set}]")
+    for warning in result.warnings:
+        print(f"warning    {warning}")
+    for path in written:
+        print(f"wrote {path}")
+    steps = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in result.timings.items())
+    print(f"time       read {t_read:.2f} s, {steps}, files {t_write:.2f} s")
+
+
+def _settings(vat_window: str | None):
+    from .settings import BodyCompSettings
+
+    if not vat_window:
+        return BodyCompSettings()
+    try:
+        low, high = (float(v) for v in vat_window.split(","))
+    except ValueError:
+        raise InvalidImageError(f"--vat-window '{vat_window}' is not LO,HI", "e.g. --vat-window -190,-30") from None
+    return BodyCompSettings(vat_hu=(low, high))
+
+
+def _level_index(levels: str) -> int | None:
+    text = str(levels).strip().lower()
+    if text in ("", "auto"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise MSKSegError(f"--levels '{levels}' is neither 'auto' nor a slice index",
+                          "e.g. --levels auto, or --levels 57 to measure slice 57") from None
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Fail before any work when the results of an earlier run are in ``out`` (and --overwrite is not given)."""
+    from ..errors import OutputExistsError
+    from .pipeline import OUTPUT_FILES
+
+    if out.exists() and not out.is_dir():
+        raise MSKSegError(f"--out {out} is a file, not a folder", "choose a folder")
+    if overwrite:
+        return
+    clashes = [str(out / name) for name in OUTPUT_FILES.values() if (out / name).exists()]
+    if clashes:
+        raise OutputExistsError(f"output files already exist: {', '.join(clashes)}",
+                                "choose another output folder or pass --overwrite")
+
+
+def _write_demo_ct(folder: Path, overwrite: bool) -> Path:
+    """Make the synthetic demo CT (:func:`mskseg.synth.torso.make_demo_ct`) and write it as a DICOM series."""
+    from ..io.dicomwrite import write_dicom_series
+    from ..synth.torso import make_demo_ct
+
+    sample = make_demo_ct(0)
+    image = getattr(sample, "image", sample)
+    attributes = {key: image.metadata.get(key) or value for key, value in DEMO_PATIENT.items()}
+    attributes["SeriesDescription"] = image.metadata.get("SeriesDescription") or "MSKSeg synthetic abdominal CT"
+    write_dicom_series(image, folder, overwrite=overwrite, attributes=attributes)
+    return folder
+
+
+class _NoBar:
+    def __call__(self, fraction: float, message: str = "") -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar():
+    """A tqdm progress callback on a terminal, a silent one otherwise."""
+    if not sys.stderr.isatty():
+        return _NoBar()
+    from tqdm import tqdm
+
+    bar = tqdm(total=100, desc="sarcopenia", unit="%", file=sys.stderr)
+
+    class _Bar:
+        def __call__(self, fraction: float, message: str = "") -> bool:
+            bar.n = int(round(100 * fraction))
+            bar.set_postfix_str(message[:30])
+            bar.refresh()
+            return True
+
+        def close(self) -> None:
+            bar.close()
+
+    return _Bar()
