@@ -158,9 +158,10 @@ def _sagittal_panel(ax, image: Image, result: Any, k: int) -> None:
     ax.axis("off")
     confidence = getattr(result.l3, "confidence", None)
     method = str(getattr(result.l3, "method", ""))
-    how = "chosen by the user" if method == "user" else f"{method}, confidence {float(confidence):.2f}" \
+    how = "chosen by the user" if method == "user" else f"{method}\nconfidence {float(confidence):.2f}" \
         if confidence is not None else method
-    ax.set_title(f"Sagittal through the spine\n{measured}: {how}", color="white", fontsize=11, loc="left")
+    how = how.replace(" (", "\n(", 1)  # the method names a model card: keep the title inside its panel
+    ax.set_title(f"Sagittal through the spine\n{measured}: {how}", color="white", fontsize=10, loc="left")
     front, back = ("A", "P") if image.direction[1, 1] >= 0 else ("P", "A")
     ax.text(0.01, 0.01, front, transform=ax.transAxes, color="white", fontsize=11, fontweight="bold")
     ax.text(0.99, 0.01, back, transform=ax.transAxes, color="white", fontsize=11, fontweight="bold", ha="right")
