@@ -47,3 +47,24 @@ def oblique_labels(oblique_ct: Image) -> tuple[Image, dict[int, str]]:
     lab[2:6, 10:20, 12:24] = 2
     lab[0, 0:2, 0:3] = 3
     return oblique_ct.with_array(lab), {1: "skeletal_muscle", 2: "subcutaneous_fat", 3: "visceral_fat"}
+
+
+def small_torso(z_range=("T11", "S1"), seed: int = 3):
+    """A small synthetic torso CT (256 x 256, 1.5 mm pixels, 5 mm slices, normal anatomy) and its truth."""
+    from mskseg.synth.torso import make_torso
+
+    habitus = {"sex": "M", "age": 60.0, "height_m": 1.78, "weight_kg": 84.0, "bmi": 84.0 / 1.78 ** 2, "arms": "up"}
+    return make_torso(np.random.default_rng(seed), z_range=z_range, spacing_mm=(1.5, 1.5, 5.0), variant="normal",
+                      habitus=habitus, size=256, phase="portal")
+
+
+@pytest.fixture(scope="module")
+def torso_sample():
+    """:func:`small_torso` made once per test module."""
+    return small_torso()
+
+
+@pytest.fixture(scope="module")
+def torso_ct(torso_sample) -> Image:
+    """The CT image of :func:`torso_sample`."""
+    return torso_sample.image

@@ -21,23 +21,6 @@ from mskseg.image import Image  # noqa: E402
 TISSUES = ["skeletal_muscle", "subcutaneous_fat", "visceral_fat", "intermuscular_fat"]
 
 
-def small_torso(z_range=("T11", "S1"), seed: int = 3):
-    """A small synthetic torso CT (256 x 256, 1.5 mm pixels, 5 mm slices, normal anatomy) and its truth."""
-    from mskseg.synth.torso import make_torso
-
-    habitus = {"sex": "M", "age": 60.0, "height_m": 1.78, "weight_kg": 84.0, "bmi": 84.0 / 1.78 ** 2, "arms": "up"}
-    return make_torso(np.random.default_rng(seed), z_range=z_range, spacing_mm=(1.5, 1.5, 5.0), variant="normal",
-                      habitus=habitus, size=256, phase="portal")
-
-
-@pytest.fixture(scope="module")
-def torso_sample():
-    return small_torso()
-
-
-@pytest.fixture(scope="module")
-def torso_ct(torso_sample) -> Image:
-    return torso_sample.image
 
 
 @pytest.fixture

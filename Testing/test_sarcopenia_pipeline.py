@@ -17,28 +17,11 @@ from mskseg.io.dicomwrite import write_dicom_series
 from mskseg.sarcopenia.cutoffs import CUTOFF_SETS
 from mskseg.sarcopenia.pipeline import STEPS, run_sarcopenia, slab_slices
 
-from conftest import DATA, require
+from conftest import DATA, require, small_torso
 
 OUTPUTS = ("segmentation.seg.nrrd", "metrics.csv", "metrics.json", "report.png")
 
 
-def small_torso(z_range=("T11", "S1"), seed: int = 3):
-    """A small synthetic torso CT (256 x 256, 1.5 mm pixels, 5 mm slices, normal anatomy) and its truth."""
-    from mskseg.synth.torso import make_torso
-
-    habitus = {"sex": "M", "age": 60.0, "height_m": 1.78, "weight_kg": 84.0, "bmi": 84.0 / 1.78 ** 2, "arms": "up"}
-    return make_torso(np.random.default_rng(seed), z_range=z_range, spacing_mm=(1.5, 1.5, 5.0), variant="normal",
-                      habitus=habitus, size=256, phase="portal")
-
-
-@pytest.fixture(scope="module")
-def torso_sample():
-    return small_torso()
-
-
-@pytest.fixture(scope="module")
-def torso_ct(torso_sample) -> Image:
-    return torso_sample.image
 
 
 @pytest.fixture(scope="module")
