@@ -81,12 +81,14 @@ def add_sarcopenia_parser(sub: Any) -> argparse.ArgumentParser:
     options.add_argument("--slab", type=int, default=1, metavar="N",
                          help="slices centred on the level to measure; the mean row averages them (default 1)")
     options.add_argument("--method", choices=["auto", "network", "rules"], default="auto",
-                         help="tissue segmentation: the installed network, HU rules, or auto (network if installed)")
+                         help="tissue segmentation: the installed network, the HU rules, or auto (the method that "
+                              "measured better on the development data: currently the rules; the other runs as cross-check)")
     options.add_argument("--muscle-groups", action="store_true",
                          help="also measure psoas, paraspinal and abdominal wall muscles")
     options.add_argument("--allow-fallback", action="store_true",
                          help="when L3 is outside the field of view, measure the next level present")
-    options.add_argument("--vat-window", metavar="LO,HI", help="VAT window in HU (default -150,-50)")
+    options.add_argument("--vat-window", metavar="LO,HI", help="VAT window in HU, e.g. --vat-window=-190,-30 (write '=' before a negative number; "
+                              "default -150,-50)")
     options.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     return s
 
