@@ -115,6 +115,10 @@ class SarcopeniaSegWidget(slicer_setup.TaskWidgetMixin, ScriptedLoadableModuleWi
         ):
             button.enabled = bool(self.pipelineReady and ready and not self.running)
             button.toolTip = tip if self.pipelineReady else slicer_setup.pipeline_unavailable_tooltip(self.logic.TASK)
+        if self.pipelineReady:
+            # The body-composition pipeline needs no model card: its default tissue method is the HU rules.
+            self.ui.applyButton.enabled = bool(parameters.inputVolume and not self.running)
+            self.ui.applyButton.toolTip = self.APPLY_TOOLTIP
 
     def onFindL3Button(self) -> None:
         with slicer.util.tryWithErrorDisplay("Finding L3 failed.", waitCursor=True):

@@ -761,6 +761,24 @@ def test_find_l3_and_measure_wait_for_the_body_composition_pipeline(pipeline_rea
     assert widget.ui.findL3Button.enabled is pipeline_ready
 
 
+def test_sarcopenia_apply_needs_no_model_card_once_the_pipeline_is_installed(slicer_stubs, monkeypatch):
+    widget = _panel("SarcopeniaSeg", monkeypatch, pipeline_ready=True)
+    widget._parameterNode.modelCard = ""  # the HU rules need no card
+    widget.updateButtonStates()
+    assert widget.ui.applyButton.enabled is True and widget.ui.applyButton.toolTip == widget.APPLY_TOOLTIP
+    widget._parameterNode.inputVolume = None
+    widget.updateButtonStates()
+    assert widget.ui.applyButton.enabled is False
+
+
+def test_the_model_box_lists_segmentation_cards_only():
+    from mskseg import app
+
+    names = [c.name for c in app.list_model_cards("sarcopenia")]
+    assert "sarcopenia-l3-detector" not in names  # runs inside Find L3, cannot segment a volume itself
+    assert all(c.architecture["name"].startswith("monai.") for c in app.list_model_cards("sarcopenia"))
+
+
 # ------------------------------------------------------------------------------ the modules' Slicer self-tests
 @pytest.mark.parametrize("module", MODULES)
 def test_module_self_test_passes_on_slicer_core(module, slicer_stubs, monkeypatch, tmp_path):

@@ -11,10 +11,15 @@ from .engine import CancelToken, Progress
 
 
 def list_model_cards(task: str, dirs: Sequence[str | Path] | None = None) -> list:
-    """Model cards installed for ``task`` (``sarcopenia``, ``bone``, ``spine``), in search order."""
+    """Segmentation model cards installed for ``task`` (``sarcopenia``, ``bone``, ``spine``), in search order.
+
+    Only cards whose network is a general segmentation network (``monai.*`` builders, what ``mskseg train``
+    writes) are listed: a task-internal model such as the L3 level detector runs inside its pipeline and
+    cannot segment a volume on its own.
+    """
     from .models import find_model_cards
 
-    return find_model_cards(dirs, task=task)
+    return [c for c in find_model_cards(dirs, task=task) if str(c.architecture.get("name", "")).startswith("monai.")]
 
 
 def device_report(preference: str = "auto") -> str:
