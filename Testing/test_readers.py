@@ -7,7 +7,6 @@ import SimpleITK as sitk
 
 from conftest import require
 from mskseg.errors import ImageReadError, InvalidImageError, SeriesSelectionError
-from mskseg.image import Image
 from mskseg.io import list_dicom_series, read_image
 from mskseg.io.dicomwrite import write_dicom_series
 
@@ -79,7 +78,6 @@ def test_png_radiograph_becomes_2d_greyscale(tmp_path):
 
 
 def test_dicom_radiograph_is_2d_with_imager_spacing_and_monochrome1_inverted(tmp_path):
-    import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 

@@ -16,7 +16,6 @@ if not hasattr(slicer, "vtkMRMLScene"):
 
 from mskseg import app, mrml  # noqa: E402
 from mskseg.errors import InvalidImageError  # noqa: E402
-from mskseg.image import Image  # noqa: E402
 
 TISSUES = ["skeletal_muscle", "subcutaneous_fat", "visceral_fat", "intermuscular_fat"]
 

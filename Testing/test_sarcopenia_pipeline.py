@@ -12,7 +12,6 @@ import SimpleITK as sitk
 
 from mskseg.cli import main
 from mskseg.errors import InvalidImageError
-from mskseg.image import Image
 from mskseg.io.dicomwrite import write_dicom_series
 from mskseg.sarcopenia.cutoffs import CUTOFF_SETS
 from mskseg.sarcopenia.pipeline import STEPS, run_sarcopenia, slab_slices

@@ -205,6 +205,7 @@ def cmd_demo(args) -> int:
     from tqdm import tqdm
 
     from .demo import DEMO_LABELS, demo_ct
+    from .image import labels_on_grid
     from .io import read_image
     from .io.dicomwrite import write_dicom_series
     from .io.export import export_result
@@ -219,7 +220,7 @@ def cmd_demo(args) -> int:
     steps.update()
     image = read_image(dicom_dir)
     # The DICOM reader stacks slices along the slice normal: map the true labels onto the grid read back.
-    labelmap = image.with_array(_resample_nearest(truth, image), keep_metadata=False)
+    labelmap = image.with_array(labels_on_grid(truth, image), keep_metadata=False)
     steps.update()
     written = export_result(out, image, labelmap, DEMO_LABELS, overwrite=args.overwrite,
                             title="MSKSeg demo: synthetic abdominal CT, true labels",
@@ -231,16 +232,6 @@ def cmd_demo(args) -> int:
         print(f"wrote {p}")
     print(f"done in {time.perf_counter() - t0:.1f} s")
     return 0
-
-
-def _resample_nearest(labelmap, reference):
-    """Label voxels of ``labelmap`` on ``reference``'s grid (nearest neighbour); returns the array."""
-    import SimpleITK as sitk
-
-    if labelmap.same_grid(reference):
-        return labelmap.array
-    out = sitk.Resample(labelmap.to_sitk(), reference.to_sitk(), sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-    return sitk.GetArrayFromImage(out)
 
 
 def _parse_labels(text: str | None) -> dict[int, str] | None:

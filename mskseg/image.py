@@ -203,5 +203,21 @@ class Image:
         return "\n".join(lines)
 
 
+def labels_on_grid(labelmap: Image, reference: Image) -> np.ndarray:
+    """The voxels of a label map resampled onto ``reference``'s grid (nearest neighbour, 0 outside).
+
+    Both grids are physical (LPS), so any size, spacing, origin or direction works; when the grids are the
+    same the label voxels are returned unchanged. Returns an array of ``reference.array.shape``.
+    """
+    import SimpleITK as sitk
+
+    if labelmap.same_grid(reference):
+        return np.asarray(labelmap.array)
+    moving = labelmap.to_sitk()
+    out = sitk.Resample(moving, reference.to_sitk(), sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                        moving.GetPixelID())
+    return sitk.GetArrayFromImage(out)
+
+
 def _fmt(values) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"

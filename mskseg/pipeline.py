@@ -15,7 +15,7 @@ import numpy as np
 
 from .engine import CancelToken, Progress, sub_progress
 from .errors import InvalidImageError
-from .image import Image
+from .image import Image, labels_on_grid
 from .io.common import Labels
 from .models.cards import ModelCard
 
@@ -78,13 +78,7 @@ def resample_to_model(image: Image, card: ModelCard) -> Image:
 
 def labels_to_source_grid(labels: np.ndarray, model_grid: Image, source: Image) -> np.ndarray:
     """Map a label array on ``model_grid`` back onto ``source``'s grid (nearest neighbour); exact when equal."""
-    import SimpleITK as sitk
-
-    if model_grid.same_grid(source):
-        return labels
-    moving = model_grid.with_array(labels).to_sitk()
-    out = sitk.Resample(moving, source.to_sitk(), sitk.Transform(), sitk.sitkNearestNeighbor, 0, moving.GetPixelID())
-    return sitk.GetArrayFromImage(out)
+    return labels_on_grid(model_grid.with_array(labels), source)
 
 
 def _pad(volume: np.ndarray, multiple: int, value: float) -> tuple[np.ndarray, tuple[int, int]]:

@@ -166,14 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     dicom = args.shared / "data" / "ct-dicom-t12" / "dicom"
     seg = args.shared / "data" / "ct-dicom-t12" / "totalseg_labels.nii.gz"
     if dicom.exists() and seg.exists():
-        import SimpleITK as sitk
         from scipy import ndimage
 
+        from mskseg.image import labels_on_grid
         from mskseg.io import read_image
 
         image = read_image(str(dicom))
-        ref = sitk.Resample(sitk.ReadImage(str(seg)), image.to_sitk(), sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-        ts = sitk.GetArrayFromImage(ref)
+        ts = labels_on_grid(read_image(str(seg)), image)
         ks = list(range(image.array.shape[0]))
         auto = np.isin(ts, [86, 87])
         organs = np.isin(ts, [1, 2, 3, 5, 6])  # spleen, kidneys, liver, stomach

@@ -731,10 +731,9 @@ def _add_body_layers(lab: np.ndarray, names: dict[int, str], spacing, habitus: H
     def ring(radius: np.ndarray, th_: np.ndarray) -> np.ndarray:
         return np.interp(th_, ext, np.tile(radius, 3)).astype(np.float32)
 
-    skin_v, sat_v, wall_v, imat_v, vat_v, fascia_sat = (ADDED_LABELS["skin"], ADDED_LABELS["subcutaneous_fat"],
-                                                        ADDED_LABELS["abdominal_wall"],
-                                                        ADDED_LABELS["intermuscular_fat"],
-                                                        ADDED_LABELS["visceral_fat"], ADDED_LABELS["subcutaneous_fat"])
+    skin_v, sat_v, wall_v, imat_v, vat_v = (ADDED_LABELS["skin"], ADDED_LABELS["subcutaneous_fat"],
+                                            ADDED_LABELS["abdominal_wall"], ADDED_LABELS["intermuscular_fat"],
+                                            ADDED_LABELS["visceral_fat"])
     bj, bi = box if box is not None else (slice(0, J), slice(0, I))
     jb, ib = jj[bj], ii[bi]
     dyv = (jb * sy).astype(np.float32)[:, None]
@@ -927,28 +926,14 @@ def _tissue_map(lab: np.ndarray, names: dict[int, str], spacing, habitus: Habitu
     # liver: portal and hepatic vein branches (curvy tubes where two smooth random fields are both near zero)
     liver_ids = [v for v in present if names.get(v) == "liver"]
     if liver_ids:
-        liv = np.isin(lab, liver_ids)
-        box = _bbox(liv, pad=(0, 0, 0))
-        shp = tuple(s_.stop - s_.start for s_ in box)
-        f1 = _anisotropic_noise(shp, rng, spacing, (9.0, 9.0, 9.0))
-        f2 = _anisotropic_noise(shp, rng, spacing, (9.0, 9.0, 9.0))
-        width = float(rng.uniform(0.12, 0.22))
-        vessel = np.zeros(lab.shape, bool)
-        vessel[box] = (np.abs(f1) < width) & (np.abs(f2) < width) & liv[box]
+        vessel = _tubes(np.isin(lab, liver_ids), rng, spacing, (9.0, 9.0, 9.0), (0.12, 0.22))
         put(vessel, "venous_blood:hepatic")
         hu["venous_blood:hepatic"] = hu["venous_blood"] + (float(rng.uniform(-20, 20)) if params.phase == "portal"
                                                            else 0.0)
     # fat is not uniform: small vessels and fibrous septa (labelled as the fat around them)
     fat_vals = [v for v in present if names.get(v) in ("visceral_fat", "subcutaneous_fat")]
     if fat_vals:
-        fat = np.isin(lab, fat_vals)
-        box = _bbox(fat, pad=(0, 0, 0))
-        shp = tuple(s_.stop - s_.start for s_ in box)
-        f1 = _anisotropic_noise(shp, rng, spacing, (3.0, 3.0, 5.0))
-        f2 = _anisotropic_noise(shp, rng, spacing, (3.0, 3.0, 5.0))
-        width = float(rng.uniform(0.05, 0.11))
-        strand = np.zeros(lab.shape, bool)
-        strand[box] = (np.abs(f1) < width) & (np.abs(f2) < 4 * width) & fat[box]
+        strand = _tubes(np.isin(lab, fat_vals), rng, spacing, (3.0, 3.0, 5.0), (0.05, 0.11), second_width_factor=4.0)
         put(strand, "fascia:strand")
         hu["fascia:strand"] = hu["fat"] + float(rng.uniform(60, 120))
     # bones: cortical shell + cancellous interior
@@ -1028,6 +1013,21 @@ def _tissue_map(lab: np.ndarray, names: dict[int, str], spacing, habitus: Habitu
             base = key.split(":")[0]
             hu[key] = hu[base]
     return tmap, {i: k for i, k in enumerate(keys)}, hu
+
+
+def _tubes(mask: np.ndarray, rng: np.random.Generator, spacing, scale_mm: tuple[float, float, float],
+           width_range: tuple[float, float], second_width_factor: float = 1.0) -> np.ndarray:
+    """Curvy tubes inside ``mask`` (K, J, I): where two smooth random fields of feature size ``scale_mm`` are
+    both near zero (``|f1| < width``, ``|f2| < width * second_width_factor``, width drawn from
+    ``width_range``). Vessels, fibrous septa."""
+    box = _bbox(mask, pad=(0, 0, 0))
+    shp = tuple(s_.stop - s_.start for s_ in box)
+    f1 = _anisotropic_noise(shp, rng, spacing, scale_mm)
+    f2 = _anisotropic_noise(shp, rng, spacing, scale_mm)
+    width = float(rng.uniform(*width_range))
+    out = np.zeros(mask.shape, bool)
+    out[box] = (np.abs(f1) < width) & (np.abs(f2) < width * second_width_factor) & mask[box]
+    return out
 
 
 def _anisotropic_noise(shape: tuple[int, ...], rng: np.random.Generator, spacing,

@@ -219,7 +219,7 @@ def _paint(anat: np.ndarray, sl: tuple[slice, slice], mask: np.ndarray, value: i
     view[mask] = value
 
 
-def _profile(rng: np.random.Generator, n: int, amp: float, order: int = 6) -> np.ndarray:
+def periodic_profile(rng: np.random.Generator, n: int, amp: float, order: int = 6) -> np.ndarray:
     """Smooth periodic random profile ``1 + sum_k c_k cos(k t + p_k)`` on ``n`` angles."""
     t = np.linspace(-np.pi, np.pi, n, endpoint=False)
     out = np.ones(n)
@@ -279,7 +279,7 @@ def make_l3_phantom(rng: np.random.Generator, *, size: int = 512, spacing_mm: fl
     b_t = np.where(st < 0, b_ant, b_post)
     p_sup = rng.uniform(2.0, 2.6)
     r_f = (np.abs(ct / a_f) ** p_sup + np.abs(st / b_t) ** p_sup) ** (-1 / p_sup)
-    r_f *= _profile(rng, n_t, 0.025, 5)
+    r_f *= periodic_profile(rng, n_t, 0.025, 5)
     # subcutaneous fat thickness: thin at the back, thick at flanks and belly; asymmetric
     t_ant = (4 + 20 * sat_index) * rng.uniform(0.8, 1.2)
     t_lat = [(4 + 22 * sat_index) * rng.uniform(0.8, 1.2) for _ in range(2)]
@@ -287,7 +287,7 @@ def make_l3_phantom(rng: np.random.Generator, *, size: int = 512, spacing_mm: fl
     key_ang = np.array([-np.pi, -np.pi / 2, 0.0, np.pi / 2, np.pi, 1.5 * np.pi])
     key_val = np.array([t_lat[0], t_ant, t_lat[1], t_post, t_lat[0], t_ant])
     t_sat = np.interp(np.r_[theta, theta[-1] + (theta[1] - theta[0])], key_ang, key_val)[:-1]
-    t_sat = np.maximum(t_sat * _profile(rng, n_t, 0.08, 4), 1.5)
+    t_sat = np.maximum(t_sat * periodic_profile(rng, n_t, 0.08, 4), 1.5)
     if bmi > 32:  # pannus and flank bulges
         t_sat *= 1 + rng.uniform(0.1, 0.4) * np.clip(-st, 0, 1) ** 3
     skin_t = rng.uniform(1.5, 3.0)
@@ -418,7 +418,6 @@ def make_l3_phantom(rng: np.random.Generator, *, size: int = 512, spacing_mm: fl
     ivc = _Blob(cv, rng, -rng.uniform(16, 26), y_vb - vb_b - rng.uniform(6, 12), rng.uniform(9, 15),
                 rng.uniform(5, 10), rng.uniform(-20, 20), 0.06)
     _paint(anat, ivc.sl, ivc.mask(), _A["inferior_vena_cava"], allowed=[_A["visceral_fat"]])
-    inner_fascia = np.sqrt(a_f * b_ant)
     if h["liver_tip"]:
         lv = _Blob(cv, rng, -a_f * rng.uniform(0.5, 0.7), rng.uniform(-30, 15), rng.uniform(25, 45),
                    rng.uniform(30, 50), rng.uniform(-30, 30), 0.1)

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from ..image import Image
+from ..image import Image, labels_on_grid
 
 #: Tissues compared, in table order.
 TISSUES = ("muscle", "fat", "liver", "spleen", "bone")
@@ -52,14 +52,11 @@ def read_real_reference(dicom_dir: str | Path, labels_path: str | Path) -> tuple
     Returns:
         ``(ct, labels)``: HU image ``(K, J, I)`` and a uint16 label map on the same grid.
     """
-    import SimpleITK as sitk
-
     from ..io import read_image
 
     ct = read_image(dicom_dir)
-    lab = sitk.ReadImage(str(labels_path))
-    res = sitk.Resample(lab, ct.to_sitk(), sitk.Transform(), sitk.sitkNearestNeighbor, 0, lab.GetPixelID())
-    return ct.with_array(ct.array.astype(np.float32)), ct.with_array(sitk.GetArrayFromImage(res).astype(np.uint16))
+    lab = read_image(labels_path)
+    return ct.with_array(ct.array.astype(np.float32)), ct.with_array(labels_on_grid(lab, ct).astype(np.uint16))
 
 
 def body_mask(hu: np.ndarray) -> np.ndarray:

@@ -67,7 +67,7 @@ from scipy.interpolate import CubicSpline, PchipInterpolator
 
 from ..image import Image
 from . import artifacts
-from .phantom import FAT_WINDOW, MUSCLE_WINDOW, TISSUE_LABELS
+from .phantom import FAT_WINDOW, MUSCLE_WINDOW, TISSUE_LABELS, periodic_profile
 from .phantom import sample_habitus as sample_l3_habitus
 from .tissues import TISSUE_TEXTURE_SD, ScanParams, base_tissue, sample_scan_params, sample_tissue_hu
 
@@ -482,14 +482,6 @@ def _rot(z_deg: float = 0.0, x_deg: float = 0.0, y_deg: float = 0.0) -> np.ndarr
 def _smoothstep(x: np.ndarray | float) -> np.ndarray:
     x = np.clip(x, 0.0, 1.0)
     return x * x * (3 - 2 * x)
-
-
-def _periodic_profile(rng: np.random.Generator, n: int, amp: float, order: int = 5) -> np.ndarray:
-    t = np.linspace(-np.pi, np.pi, n, endpoint=False)
-    out = np.ones(n)
-    for k in range(1, order + 1):
-        out += rng.normal(0, amp / k) * np.cos(k * t + rng.uniform(0, 2 * np.pi))
-    return out
 
 
 def _slow_curve(rng: np.random.Generator, amp: float, wavelength: float = 150.0):
@@ -922,7 +914,7 @@ def _body_profiles(rng: np.random.Generator, g: _Grid, verts: list[_Vertebra], l
     b_t = np.where(sn < 0, b_ant[:, None], b_post[:, None])
     pe = p_exp[:, None]
     r_f = (np.abs(ct / a_f[:, None]) ** pe + np.abs(sn / b_t) ** pe) ** (-1 / pe)
-    r_f *= _periodic_profile(rng, n_t, 0.02, 5)[None, :]
+    r_f *= periodic_profile(rng, n_t, 0.02, 5)[None, :]
     # subcutaneous fat by angle and level
     t_ant = (4 + 20 * sat) * rng.uniform(0.8, 1.2) * _anchors(z, [(Z("T4"), 0.35), (Z("T10"), 0.6), (Z("L3"), 1.0),
                                                                  (Z("L5"), 1.15), (head_z, 0.8)])
@@ -933,7 +925,7 @@ def _body_profiles(rng: np.random.Generator, g: _Grid, verts: list[_Vertebra], l
     w_lat, w_ant, w_post = ct ** 2, np.clip(-sn, 0, 1) ** 2, np.clip(sn, 0, 1) ** 2
     asym = rng.uniform(-0.15, 0.15)
     t_sat = (w_lat * t_lat[:, None] * (1 + asym * np.sign(ct)) + w_ant * t_ant[:, None] + w_post * t_post[:, None])
-    t_sat *= _periodic_profile(rng, n_t, 0.08, 4)[None, :]
+    t_sat *= periodic_profile(rng, n_t, 0.08, 4)[None, :]
     if sat > 1.3:  # pannus: belly fat hanging lower and forward
         t_sat *= 1 + rng.uniform(0.1, 0.4) * np.clip(-sn, 0, 1) ** 3 * _anchors(z, [(Z("L2"), 0.3), (Z("L5"), 1.0),
                                                                                   (head_z, 0.6)])[:, None]
@@ -1017,7 +1009,7 @@ def _draw_body_wall(rng: np.random.Generator, m: _Maps, body: dict[str, Any], lm
     ql_b = ql_a * 0.55
     w_chest = _smoothstep((z - (lm["xiphoid"] - 10)) / 45.0)
     w_pelvis = _smoothstep((lm["crest"] + 10 - z) / 50.0)
-    ps_prof = _periodic_profile(rng, 64, 0.05, 4).astype(np.float32)
+    ps_prof = periodic_profile(rng, 64, 0.05, 4).astype(np.float32)
     VF, SAT, IM = _A["visceral_fat"], _A["subcutaneous_fat"], _A["intermuscular_fat"]
     for k in range(g.nk):
         zk = float(z[k])
