@@ -219,5 +219,20 @@ def labels_on_grid(labelmap: Image, reference: Image) -> np.ndarray:
     return sitk.GetArrayFromImage(out)
 
 
+def values_on_grid(image: Image, reference: Image, outside: float = 0.0) -> np.ndarray:
+    """The voxels of a float image (probabilities, a distance map) resampled onto ``reference``'s grid with
+    linear interpolation, ``outside`` beyond the image; unchanged when the grids are the same. Returns a
+    float32 array of ``reference.array.shape``.
+    """
+    import SimpleITK as sitk
+
+    if image.same_grid(reference):
+        return np.asarray(image.array, np.float32)
+    moving = sitk.Cast(image.to_sitk(), sitk.sitkFloat32)
+    out = sitk.Resample(moving, reference.to_sitk(), sitk.Transform(), sitk.sitkLinear, float(outside),
+                        sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out)
+
+
 def _fmt(values) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"

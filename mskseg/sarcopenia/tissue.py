@@ -5,7 +5,9 @@ Two methods, both ending with the BODYCOMP HU windows of :class:`~mskseg.sarcope
 
 * ``"network"``: the 2D tissue model card (classes skeletal_muscle, subcutaneous_fat, visceral_fat,
   intermuscular_fat; found with ``find_model_cards(task="sarcopenia")``) is run on the chosen slices only,
-  each resampled to the card's pixel spacing and its labels mapped back onto the exact source grid.
+  each resampled to the card's pixel spacing; its class probabilities are interpolated back onto the exact
+  source grid and decoded with the windows (:func:`decode_tissue_probabilities`: the network says which
+  compartment a pixel lies in, the window which tissue it is).
 * ``"rules"``: :func:`rule_based_tissues`, no network. The steps (each a small function below):
 
   1. body: pixels above -500 HU, holes (bowel gas, lungs) filled, opened by 2.5 mm (removes the thin couch),
@@ -20,8 +22,9 @@ Two methods, both ending with the BODYCOMP HU windows of :class:`~mskseg.sarcope
      (thin fibrous septa and Scarpa's fascia are crossed) is subcutaneous fat. The radius per angle is
      median-filtered so one vessel in the fat cannot move it.
   4. muscle ring: from the fascia inwards, the muscle layer (fat planes up to 3 mm between the oblique
-     layers are crossed) until a thicker fat plane, bone, or tissue brighter than 115 HU (contrast-
-     enhanced organs, kidney cortex, vessels). Its thickness is capped per angle at a robust local value
+     layers are crossed) until a thicker fat plane, bone, tissue brighter than 115 HU (kidney cortex,
+     vessels) or an enhanced solid organ (liver, spleen: a large region more than 35 HU denser than the
+     slice's own wall muscle, :func:`_enhanced_organs`). Its thickness is capped per angle at a robust local value
      (35th percentile over 31 degrees + 3 mm), so a bowel loop or organ lying against the wall is not
      taken as wall muscle.
   5. psoas, quadratus lumborum and paraspinal muscles: muscle-like connected regions (mean below 90 HU)
@@ -30,6 +33,9 @@ Two methods, both ending with the BODYCOMP HU windows of :class:`~mskseg.sarcope
      muscles and the vertebra is in the paraspinal compartment. A kidney, bowel loop or organ is separated
      from the muscles by fat, so it is not taken; the vertebra (its cancellous interior and the spinal
      canal included) is never a compartment.
+     Behind the tip of the spinous process, in the midline, lie ligament and subcutaneous fat; that strip
+     is never muscle or visceral fat, and the midline strip between the vertebral body and the most posterior
+     arch bone (the spinal canal where the arch is open on the slice) is part of the vertebra.
   6. labels with the windows: muscle-window pixels of the compartments are muscle, fat-window pixels of
      the compartments intermuscular fat (the fat between the paraspinal muscles is IMAT, not VAT), fat
      inside the ring outside the compartments visceral fat, fat between skin and fascia subcutaneous fat.
@@ -104,9 +110,13 @@ _SMOOTH_MM = 0.8
 _FASCIA_RUN_MM = 4.0
 _PLANE_GAP_MM = 3.0
 _ORGAN_HU = 115.0
+#: Enhanced organ tissue is at least this much denser than the wall muscle of the same slice (3 mm smoothing).
+_ORGAN_ABOVE_MUSCLE_HU = 35.0
 #: Smoothed HU between fat and (fatty-infiltrated) muscle, used to find the layers (not for the labels).
 _SOFT_HU = -60.0
 _BONE_HU = 200.0
+#: Half-width of the midline strip behind the vertebral body that holds the spinal canal (mm).
+_CANAL_HALF_MM = 9.0
 _MAX_WALL_MM = 80.0
 _N_RAYS = 360
 
@@ -297,6 +307,34 @@ def _fat_soft_threshold(smooth: np.ndarray, region: np.ndarray) -> float:
     return float(np.clip(fat_peak + 0.4 * (soft_peak - fat_peak), -75.0, -35.0))
 
 
+def _enhanced_organs(hu: np.ndarray, walls: dict[int, np.ndarray], run_n: int, soft_hu: float,
+                     inside: np.ndarray, sampling: tuple[float, float]) -> np.ndarray:
+    """Contrast-enhanced solid organs (liver, spleen) of this slice: large, thick regions clearly denser than
+    the slice's own wall muscle, so the walk through the muscle ring stops at them.
+
+    The wall muscle's level is the median smoothed HU 4-12 mm inside the outer fascia over all rays. Organ
+    pixels: on a 3 mm Gaussian, more than :data:`_ORGAN_ABOVE_MUSCLE_HU` above that level (and above 70 HU,
+    below bone), in regions that survive a 6 mm opening and cover at least 15 cm2. A muscle is never that much
+    denser than the other muscles of its slice over such an area, while portal-venous liver and spleen
+    (80-130 HU) lying against the wall between the ribs are; before this the walk ran into them up to the
+    fixed :data:`_ORGAN_HU`. Unenhanced organs are as dense as muscle and are not found here; the per-angle
+    thickness cap keeps them out.
+    """
+    deep = [w[run_n:3 * run_n] for w in walls.values() if w.size > run_n]
+    values = np.concatenate(deep) if deep else np.zeros(0)
+    values = values[(values >= soft_hu) & (values <= _ORGAN_HU)]
+    if values.size < 50:
+        return np.zeros(hu.shape, bool)
+    level = max(float(np.median(values)) + _ORGAN_ABOVE_MUSCLE_HU, 70.0)
+    smooth3 = ndimage.gaussian_filter(hu, sigma=(3.0 / sampling[0], 3.0 / sampling[1]))
+    organ = _disk_open(inside & (smooth3 > level) & (smooth3 < _BONE_HU), 6.0, sampling)
+    lab, n = ndimage.label(organ)
+    if not n:
+        return organ
+    area = np.bincount(lab.ravel())[1:] * sampling[0] * sampling[1]
+    return np.isin(lab, np.flatnonzero(area >= 1500.0) + 1)
+
+
 def rule_compartments(hu2d: np.ndarray, spacing: Sequence[float]) -> RuleCompartments:
     """Find body, skin, subcutaneous layer, muscle compartments and groups on one axial slice (no network).
 
@@ -340,6 +378,8 @@ def rule_compartments(hu2d: np.ndarray, spacing: Sequence[float]) -> RuleCompart
     max_n = int(round(_MAX_WALL_MM / step))
     r_fascia = np.zeros(_N_RAYS)
     thick = np.zeros(_N_RAYS)
+    walls: dict[int, np.ndarray] = {}
+    starts: dict[int, tuple[int, int]] = {}
     for m in range(_N_RAYS):
         inside = np.flatnonzero(inb[m])
         if inside.size == 0:
@@ -352,9 +392,15 @@ def rule_compartments(hu2d: np.ndarray, spacing: Sequence[float]) -> RuleCompart
             r_fascia[m] = 0.0
             continue
         r_fascia[m] = radii[outer - p]
-        wall = seq[p:p + max_n]
+        walls[m] = seq[p:p + max_n]
+        starts[m] = (outer, p)
+    organs = _enhanced_organs(hu, walls, run_n, soft_hu, inner_body, sampling)
+    organ_prof = (ndimage.map_coordinates(organs.astype(np.float32), [pj, pi], order=1, mode="constant") > 0.5
+                  if organs.any() else np.zeros(prof.shape, bool))
+    for m, wall in walls.items():
+        outer, p = starts[m]
         muscle = (wall >= soft_hu) & (wall <= _ORGAN_HU)
-        other = wall > _ORGAN_HU
+        other = (wall > _ORGAN_HU) | organ_prof[m, outer::-1][p:p + max_n]
         stop = len(wall)
         o = np.flatnonzero(other)
         if o.size:
@@ -391,6 +437,11 @@ def rule_compartments(hu2d: np.ndarray, spacing: Sequence[float]) -> RuleCompart
         y_body_mid = y_front + 0.22 * (y_back - y_front)
         x_mid = 0.5 * (scols[0] + scols[-1])
         spine |= _convex_fill(spine & (np.arange(shape[0])[:, None] < y_body_back))  # body with open cortex
+        # the spinal canal where the arch is open on this slice (a slice through the pedicles or between
+        # laminae): the midline strip from the body to the most posterior bone behind it (lamina or spinous
+        # process) holds the canal and the dural sac, never muscle (multifidus lies beside the spinous process)
+        midline = np.abs(np.arange(shape[1])[None, :] - x_mid) * sp_i <= _CANAL_HALF_MM
+        spine |= _convex_fill(spine & midline) & midline
         candidate = cavity & ~ring & (smooth >= -29.0) & (smooth <= _ORGAN_HU) & ~bone_near & ~spine
         candidate = _disk_open(candidate, 1.0, sampling)
         lab, n = ndimage.label(candidate)
@@ -437,6 +488,16 @@ def rule_compartments(hu2d: np.ndarray, spacing: Sequence[float]) -> RuleCompart
     else:
         groups[compartments] = 7
     compartments &= ~spine
+    if spine.any():
+        # behind the tip of the spinous process, in the midline, lie the supraspinous ligament and
+        # subcutaneous fat, never muscle or visceral fat (the back muscles lie beside the process)
+        cols = np.abs(np.arange(shape[1])[None, :] - x_mid) * sp_i <= _CANAL_HALF_MM
+        strip_rows = np.flatnonzero((spine & cols).any(axis=1))
+        if strip_rows.size:
+            behind = cols & (np.arange(shape[0])[:, None] > strip_rows[-1]) & cavity
+            cavity &= ~behind
+            compartments &= ~behind
+            subcutaneous |= behind & inner_body
     groups[~compartments] = 0
     return RuleCompartments(body, inner_body, subcutaneous, cavity, compartments, groups, spine)
 
@@ -595,14 +656,21 @@ def find_group_card() -> ModelCard | None:
 
 def network_on_slices(image: Image, ks: list[int], card: ModelCard, *, device: str = "auto",
                       progress: Progress | None = None, cancel_token: CancelToken | None = None,
-                      network: Any = None) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
-    """Run a 2D/2.5D card on slices ``ks`` only, each resampled to the card's spacing; labels (card values,
-    no windows applied) mapped back onto each source slice's grid.
+                      network: Any = None, output: str = "labels") -> tuple[dict[int, np.ndarray], dict[str, Any]]:
+    """Run a 2D/2.5D card on slices ``ks`` only, each resampled to the card's spacing, and map the result back
+    onto each source slice's grid.
+
+    Args:
+        output: ``"labels"``: card label values (argmax on the model grid, nearest neighbour back, no windows
+            applied); ``"probabilities"``: the softmax of every card class (channel ``c`` = card value ``c``,
+            0 = background) interpolated linearly onto the source grid, so boundaries fall between source
+            pixels rather than on the model's coarser grid.
 
     Returns:
-        ``({k: (J, I) label array}, details)``.
+        ``({k: (J, I) uint8 labels or (C, J, I) float32 probabilities}, details)``.
     """
     from ..engine import choose_device, normalise, predict_slices
+    from ..image import values_on_grid
     from ..models.weights import load_model
     from ..pipeline import PAD_MULTIPLE, _pad, labels_to_source_grid, resample_to_model
 
@@ -625,20 +693,63 @@ def network_on_slices(image: Image, ks: list[int], card: ModelCard, *, device: s
     background = float(volume.min()) if volume.size else 0.0
     padded, (j, i) = _pad(volume, PAD_MULTIPLE, background)
     centres = [b * (2 * context + 1) + context for b in range(len(ks))]
-    lab = predict_slices(net, padded, context=context, device=chosen.device, progress=progress,
-                         cancel_token=cancel_token, slice_indices=centres)[:, :j, :i]
-    known = set(card.labels)
+    result = predict_slices(net, padded, context=context, device=chosen.device, progress=progress,
+                            cancel_token=cancel_token, slice_indices=centres, output=output)
     out: dict[int, np.ndarray] = {}
-    for n, k in enumerate(ks):
-        one = np.where(np.isin(lab[n], list(known)), lab[n], 0).astype(np.uint8)
-        out[k] = labels_to_source_grid(one, grids[n], _slice(image, k))
+    if output == "probabilities":
+        for n, k in enumerate(ks):
+            source = _slice(image, k)
+            out[k] = np.stack([values_on_grid(grids[n].with_array(np.asarray(result[c, n, :j, :i], np.float32)),
+                                              source, outside=1.0 if c == 0 else 0.0)
+                               for c in range(result.shape[0])])
+    else:
+        lab = result[:, :j, :i]
+        known = set(card.labels)
+        for n, k in enumerate(ks):
+            one = np.where(np.isin(lab[n], list(known)), lab[n], 0).astype(np.uint8)
+            out[k] = labels_to_source_grid(one, grids[n], _slice(image, k))
     return out, {"model": card.name, "device": chosen.device, "device_reason": chosen.reason,
                  "network_seconds": round(time.perf_counter() - t0, 3)}
 
 
-def _card_to_tissue_values(card_labels: Labels) -> dict[int, int]:
-    by_name = {name: value for value, name in TISSUE_LABELS.items()}
-    return {int(v): by_name[n] for v, n in card_labels.items() if n in by_name}
+def decode_tissue_probabilities(hu: np.ndarray, probabilities: np.ndarray, card_labels: Labels,
+                                settings: BodyCompSettings) -> np.ndarray:
+    """Tissue labels from the network's class probabilities on one slice, with the HU windows deciding the
+    tissue and the network only the compartment.
+
+    The windows already say whether a pixel is fat or muscle; what the network adds is where the pixel lies:
+    in a muscle compartment (its muscle and intermuscular-fat probabilities together), under the skin
+    (subcutaneous fat), in the abdomen (visceral fat) or outside all of them. Each pixel takes the most
+    probable compartment, then :func:`~mskseg.sarcopenia.metrics.apply_windows` gives it its tissue: muscle in
+    the muscle window, intermuscular fat in the IMAT window, the compartment's fat in its window, else nothing.
+    So a fat pixel inside a muscle is never lost to a near tie between "muscle" and "IMAT", and a noisy pixel
+    at the edge of a window cannot change compartment.
+
+    Args:
+        hu: ``(J, I)`` HU.
+        probabilities: ``(C, J, I)`` class probabilities, channel = card label value (0 background).
+        card_labels: the card's ``{value: class name}``.
+        settings: the windows.
+
+    Returns:
+        ``(J, I)`` uint8 labels with :data:`TISSUE_LABELS` values.
+    """
+    from .metrics import apply_windows
+
+    names = {int(v): n for v, n in card_labels.items()}
+    by_name = {n: v for v, n in TISSUE_LABELS.items()}
+    compartments = {0: np.asarray(probabilities[0], np.float32).copy()}  # tissue value -> probability
+    for value in range(1, probabilities.shape[0]):
+        name = names.get(value)
+        if name not in by_name:
+            compartments[0] += probabilities[value]
+            continue
+        target = by_name["skeletal_muscle"] if name == "intermuscular_fat" else by_name[name]
+        compartments[target] = compartments.get(target, 0.0) + probabilities[value]
+    order = sorted(compartments)
+    stack = np.stack([np.broadcast_to(compartments[v], hu.shape) for v in order])
+    labels = np.asarray(order, np.uint8)[np.argmax(stack, axis=0)]
+    return apply_windows(np.asarray(hu, np.float32), labels, settings, TISSUE_LABELS).astype(np.uint8)
 
 
 # ============================================================================================ entry point
@@ -683,7 +794,6 @@ def segment_tissues(image: Image, slices: Sequence[int] | None, *, method: str =
         MSKSegError: an unknown ``method``.
         CancelledError: cancelled.
     """
-    from .metrics import apply_windows
     from .settings import BodyCompSettings
 
     t0 = time.perf_counter()
@@ -712,7 +822,8 @@ def segment_tissues(image: Image, slices: Sequence[int] | None, *, method: str =
     share = 0.7 if run_network and run_rules else 1.0
     if run_network:
         net_raw, info = network_on_slices(image, ks, card, device=device, cancel_token=cancel_token,
-                                          progress=sub_progress(progress, 0.0, share), network=network)
+                                          progress=sub_progress(progress, 0.0, share), network=network,
+                                          output="probabilities")
         details.update(info)
     rule_lab: dict[int, np.ndarray] = {}
     rule_groups: dict[int, np.ndarray] = {}
@@ -722,13 +833,9 @@ def segment_tissues(image: Image, slices: Sequence[int] | None, *, method: str =
 
     net_lab: dict[int, np.ndarray] = {}
     if run_network:
-        lookup = _card_to_tissue_values(card.labels)
         for k in ks:
-            mapped = np.zeros(net_raw[k].shape, np.uint8)
-            for src, dst in lookup.items():
-                mapped[net_raw[k] == src] = dst
             hu = np.asarray(_slice(image, k).array, np.float32)
-            net_lab[k] = apply_windows(hu, mapped, settings, TISSUE_LABELS).astype(np.uint8)
+            net_lab[k] = decode_tissue_probabilities(hu, net_raw[k], card.labels, settings)
 
     primary = net_lab if chosen == "network" else rule_lab
     other = rule_lab if chosen == "network" else net_lab
