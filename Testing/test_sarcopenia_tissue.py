@@ -116,6 +116,28 @@ def test_rules_never_label_skin_arms_or_the_table(phantoms):
         assert (pred[outside] > 0).mean() < 0.02
 
 
+def test_rules_cut_off_an_arm_lying_against_the_flank():
+    # a 300 x 220 mm trunk (fat, muscle ring) and an arm of 90 mm pressed into its flank over 70 mm, humerus inside:
+    # no opening separates them; the cut along the line between the two notches does
+    px = 0.8
+    yy, xx = (np.mgrid[0:400, 0:520] - np.array([200, 230])[:, None, None]) * px
+    hu = np.full(yy.shape, -1000.0)
+    trunk = (xx / 150) ** 2 + (yy / 110) ** 2 <= 1
+    hu[trunk] = -100.0
+    hu[(xx / 125) ** 2 + (yy / 88) ** 2 <= 1] = 45.0
+    hu[(xx / 112) ** 2 + (yy / 76) ** 2 <= 1] = -90.0
+    arm = (xx - 182) ** 2 + yy ** 2 <= 45 ** 2
+    hu[arm & ~trunk] = -100.0
+    hu[(xx - 190) ** 2 + yy ** 2 <= 25 ** 2] = 45.0
+    hu[(xx - 192) ** 2 + yy ** 2 <= 11 ** 2] = 700.0
+    body = T._trunk(hu, (px, px))
+    assert body[200, 230] and body[200, 230 + int(130 / px)]  # the trunk and its flank stay
+    assert not body[200, 230 + int(192 / px)] and not body[200, 230 + int(215 / px)]  # the arm goes
+    assert not (body & arm & ~trunk).sum() > 0.05 * (arm & ~trunk).sum()
+    lab = T.rule_based_tissues(hu, (px, px))
+    assert not lab[arm & ~trunk].any()
+
+
 def test_rules_follow_the_image_orientation(phantoms):
     sample = phantoms[0]
     vol = _ct_volume(sample, 1)

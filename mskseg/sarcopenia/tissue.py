@@ -13,7 +13,9 @@ Two methods, both ending with the BODYCOMP HU windows of :class:`~mskseg.sarcope
   1. body: pixels above -500 HU, holes (bowel gas, lungs) filled, opened by 2.5 mm (removes the thin couch),
      split into cores by a 20 mm opening (10 mm for a slim arm); each pixel goes to its nearest core and only
      the trunk core (the largest) is kept, so arms beside the abdomen and the table are left out even where
-     they touch the trunk.
+     they touch the trunk. An arm pressed against the flank along its whole length survives every opening;
+     it is cut off along the line between the two notches where its outline meets the trunk's
+     (:func:`_touching_arm`; it must hold a bone and lie lateral).
   2. skin: the outer 2 mm of the body is skin, never fat. Fat and soft tissue are told apart on a slightly
      smoothed image (Gaussian 0.8-2.5 mm, more for noisier images) at a per-slice threshold 40 % of the way
      from the fat peak to the soft-tissue peak of the histogram (fatty muscle can be near 0 HU).
@@ -218,7 +220,82 @@ def _trunk(hu: np.ndarray, sampling: tuple[float, float]) -> np.ndarray:
     if n > 1:
         sizes = ndimage.sum(trunk, lab, index=np.arange(1, n + 1))
         trunk = lab == (int(np.argmax(sizes)) + 1)
-    return ndimage.binary_fill_holes(trunk)
+    trunk = ndimage.binary_fill_holes(trunk)
+    for _ in range(2):  # an arm on each side
+        arm = _touching_arm(trunk, hu, sampling)
+        if arm is None:
+            break
+        trunk &= ~arm
+        lab, n = ndimage.label(trunk)
+        if n > 1:
+            trunk = lab == (int(np.argmax(np.bincount(lab.ravel())[1:])) + 1)
+    return trunk
+
+
+def _touching_arm(body: np.ndarray, hu: np.ndarray, sampling: tuple[float, float]) -> np.ndarray | None:
+    """An arm lying against the flank along its whole length, which no opening separates: cut off along the
+    line between the two notches where its outline meets the trunk's.
+
+    The notches are the two deepest concavities (body convex hull minus body, deeper than 8 mm) on one side
+    of the body. The body beyond the line joining their tips (away from the body's centre) is an arm when it
+    holds a bone of at least 1 cm2 (humerus, radius or ulna), lies lateral (its centre beyond 60 % of the
+    half-width from the midline) and is smaller than a third of the body. None when there is no such arm.
+    """
+    sy, sx = sampling
+    hull = _convex_fill(body)
+    defects = hull & ~body
+    if not defects.any():
+        return None
+    depth = ndimage.distance_transform_edt(hull, sampling=sampling)
+    lab, n = ndimage.label(defects)
+    if n < 2:
+        return None
+    cj, ci = ndimage.center_of_mass(body)
+    cols = np.flatnonzero(body.any(axis=0))
+    half_width = 0.5 * (cols[-1] - cols[0]) * sx
+    tips = []
+    for value in range(1, n + 1):
+        where = lab == value
+        d = np.where(where, depth, 0.0)
+        flat = int(np.argmax(d))
+        if d.flat[flat] < 8.0:
+            continue
+        tj, ti = np.unravel_index(flat, body.shape)
+        tips.append((float(d.flat[flat]), tj, ti))
+    for side in (-1, 1):
+        own = sorted((t for t in tips if (t[2] - ci) * side > 0), reverse=True)[:2]
+        if len(own) < 2:
+            continue
+        (_, aj, ai), (_, bj, bi) = own
+        # the half-plane beyond the line a-b, on the side away from the body's centre
+        jj, ii = np.mgrid[0:body.shape[0], 0:body.shape[1]]
+        cross = (bi - ai) * (jj - aj) * sy - (bj - aj) * (ii - ai) * sx
+        centre_side = np.sign((bi - ai) * (cj - aj) * sy - (bj - aj) * (ci - ai) * sx)
+        if centre_side == 0:
+            continue
+        beyond = body & (np.sign(cross) == -centre_side)
+        part, m = ndimage.label(beyond)
+        if not m:
+            continue
+        mid = (int(round((aj + bj) / 2)), int(round((ai + bi) / 2)))
+        near = np.zeros(body.shape, bool)
+        near[max(mid[0] - 3, 0):mid[0] + 4, max(mid[1] - 3, 0):mid[1] + 4] = True
+        ids = np.unique(part[near & beyond])
+        if not ids.size:
+            continue
+        arm = np.isin(part, ids)
+        area = arm.sum()
+        if area > body.sum() / 3.0:
+            continue
+        aj_, ai_ = ndimage.center_of_mass(arm)
+        if abs(ai_ - ci) * sx < 0.6 * half_width:
+            continue
+        bone = ndimage.binary_fill_holes(arm & (hu > 250.0))
+        blab, bn = ndimage.label(bone)
+        if not bn or np.bincount(blab.ravel())[1:].max() * sx * sy < 100.0:
+            continue
+        return arm
+    return None
 
 
 def _runs_first(flags: np.ndarray, length: int) -> int:
