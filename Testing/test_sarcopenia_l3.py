@@ -96,6 +96,22 @@ def test_transitional_anatomy_is_flagged_in_warnings(case, detector_installed):
     assert result.confidence < 0.8
 
 
+@pytest.mark.parametrize("case,finding", [("abdomen_pelvis_2.5_six_lumbar", "six lumbar-type vertebrae"),
+                                          ("abdomen_2.5_ribs_13", "13 rib pairs")])
+def test_transitional_warning_names_the_finding(case, finding, detector_installed):
+    result = _detect(case)
+    assert any(finding in w for w in result.warnings), (result.warnings, result.cross_check.get("transitional"))
+    assert finding in " ".join(result.cross_check["transitional"]["findings"])
+
+
+@pytest.mark.parametrize("case", ["abdomen_2.5", "cap_5", "tight_1"])
+def test_normal_anatomy_is_not_flagged_as_transitional(case, detector_installed):
+    result = _detect(case)
+    assert not any("transitional" in w for w in result.warnings), (result.warnings,
+                                                                   result.cross_check.get("transitional"))
+    assert result.cross_check["transitional"]["findings"] == []
+
+
 def test_rule_based_count_reports_what_it_found_or_says_why_not():
     sample = _case("abdomen_2.5")
     try:
