@@ -260,6 +260,28 @@ def test_projections_are_flip_invariant():
     np.testing.assert_allclose(proj_flipped.frontal, proj.frontal, atol=1e-4)
 
 
+def test_vertebral_body_found_from_a_broken_low_density_cortex():
+    # a body of 70 HU inside a 1-pixel cortex with gaps, the canal (CSF) behind it, the enhanced aorta in front
+    rng = np.random.default_rng(1)
+    sp = 1.5
+    arr = (40 + 15 * rng.standard_normal((8, 160, 160))).astype(np.float32)
+    yy, xx = (np.mgrid[0:160, 0:160] + 0.5) * sp
+    body_y, cx = 100.0, 120.0
+    ell = ((yy - body_y) / 14.0) ** 2 + ((xx - cx) / 20.0) ** 2
+    arr[:, ell < 1.0] = 70 + 15 * rng.standard_normal((8, int((ell < 1.0).sum())))
+    ring = (ell >= 0.86) & (ell < 1.0) & (np.sin(np.arctan2(yy - body_y, xx - cx) * 5) < 0.97)  # 5 gaps
+    arr[:, ring] = 500
+    canal = np.hypot(yy - body_y - 23.0, xx - cx)
+    arr[:, canal < 9.0] = 10
+    arr[:, (canal >= 9.0) & (canal < 11.0)] = 450
+    arr[:, np.hypot(yy - body_y + 35.0, xx - cx - 15.0) < 11.0] = 260  # aorta
+    img = Image(arr.astype(np.int16), (sp, sp, 2.5), metadata={"Modality": "CT"})
+    can = l3._canonical(img)
+    found = l3._body_y(can, float(can.z_mm.mean()), 5.0, cx, body_y + 15.0)
+    assert found is not None
+    assert abs(found[0] - body_y) <= 3.0 and found[1] >= l3.MIN_BODY_RADIUS_MM
+
+
 # ---------------------------------------------------------------------------------------------- real anatomy
 @pytest.fixture(scope="module")
 def s0328_ct():

@@ -19,6 +19,7 @@ for ``mskseg.sarcopenia.tissue.DEFAULT_METHOD``: the method with the higher mean
 on the held-out phantoms, when both ran.
 
 usage: python scripts/evaluate_tissue.py [--n 20] [--seed 20260] [--png-dir /tmp/tissue] [--shared ../shared]
+                                        [--model CARD]
 """
 from __future__ import annotations
 
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--png-dir", type=Path, default=Path("/tmp/tissue"))
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--model", help="tissue model card file or name (default: the installed card)")
     args = parser.parse_args(argv)
     if args.seed == 0:
         parser.error("seed 0 is the training seed of the shipped card; choose another")
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.png_dir.mkdir(parents=True, exist_ok=True)
     settings = BodyCompSettings(vat_hu=VAT_HU_WIDE)
-    card = find_tissue_card()
+    card = find_tissue_card(args.model)
     methods = ["rules"] + (["network"] if card is not None else [])
     print(f"tissue card: {card.name + ' ' + card.version + ' (' + str(card.path) + ')' if card else 'none installed'}")
     print(f"windows: {settings.as_dict()}")
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(image: Image, slices, method: str):
         return segment_tissues(image, slices, method=method, settings=settings, device=args.device,
-                               cross_check=False).labelmap.array
+                               cross_check=False, model=card).labelmap.array
 
     # 1. held-out phantoms
     t0 = time.perf_counter()

@@ -7,7 +7,8 @@ Two methods, both ending with the BODYCOMP HU windows of :class:`~mskseg.sarcope
   intermuscular_fat; found with ``find_model_cards(task="sarcopenia")``) is run on the chosen slices only,
   each resampled to the card's pixel spacing; its class probabilities are interpolated back onto the exact
   source grid and decoded with the windows (:func:`decode_tissue_probabilities`: the network says which
-  compartment a pixel lies in, the window which tissue it is).
+  compartment a pixel lies in, the window which tissue it is); labels outside the trunk (arms, table; step 1
+  of the rules) are removed.
 * ``"rules"``: :func:`rule_based_tissues`, no network. The steps (each a small function below):
 
   1. body: pixels above -500 HU, holes (bowel gas, lungs) filled, opened by 2.5 mm (removes the thin couch),
@@ -910,9 +911,16 @@ def segment_tissues(image: Image, slices: Sequence[int] | None, *, method: str =
 
     net_lab: dict[int, np.ndarray] = {}
     if run_network:
+        how = _display_transform(image)
         for k in ks:
-            hu = np.asarray(_slice(image, k).array, np.float32)
-            net_lab[k] = decode_tissue_probabilities(hu, net_raw[k], card.labels, settings)
+            sl = _slice(image, k)
+            hu = np.asarray(sl.array, np.float32)
+            lab = decode_tissue_probabilities(hu, net_raw[k], card.labels, settings)
+            # only the trunk is measured: arms beside the abdomen, the table and air are never a tissue
+            hu_d = _to_display(hu, how)
+            spacing = sl.spacing[::-1] if how[0] else sl.spacing
+            lab[~_from_display(_trunk(hu_d, (float(spacing[1]), float(spacing[0]))), how)] = 0
+            net_lab[k] = lab
 
     primary = net_lab if chosen == "network" else rule_lab
     other = rule_lab if chosen == "network" else net_lab

@@ -7,7 +7,7 @@ outside in: skin (its own structure, never fat), subcutaneous fat of habitus-dep
 the back, thick at the flanks and belly), the fascia, the abdominal wall muscles (rectus pair with linea alba,
 external/internal oblique and transversus with thin fat planes), the visceral cavity (bowel loops with gas,
 fluid, oral contrast or feces, mesenteric vessels, kidneys with sinus and perirenal fat, aorta and cava, liver
-and spleen tips), psoas, quadratus lumborum, the paraspinal compartment (erector spinae and multifidus inside
+and spleen tips, or in some phantoms a large liver or spleen against the wall), psoas, quadratus lumborum, the paraspinal compartment (erector spinae and multifidus inside
 the thoracolumbar fascia) and the vertebra. Arms may lie beside the abdomen; the table lies below.
 
 The CT image comes from :func:`mskseg.synth.artifacts.simulate_scan`. Tissue labels are then read off the
@@ -28,6 +28,10 @@ from scipy import ndimage
 
 from ..image import Image
 from .artifacts import simulate_scan
+
+#: Version of the phantom generator, written into the model cards of networks trained on it. 2: large liver
+#: and spleen against the wall in a share of phantoms.
+GENERATOR_VERSION = "mskseg l3-phantom 2"
 from .tissues import ScanParams, sample_scan_params, sample_tissue_hu
 
 #: Tissue label values of :attr:`PhantomSample.tissue` (class names of :mod:`mskseg.terminology`).
@@ -124,11 +128,14 @@ class PhantomSample:
 
 
 # --------------------------------------------------------------------------------------------- habitus
-def sample_habitus(rng: np.random.Generator, **overrides: Any) -> dict[str, Any]:
+def sample_habitus(rng: np.random.Generator, organs: bool = True, **overrides: Any) -> dict[str, Any]:
     """Draw a body: sex, age, BMI (15-45), sarcopenia, fat distribution, organs at the slice, arms.
 
     Args:
         rng: random generator.
+        organs: also draw whether a large liver or spleen lies against the wall (generator version 2); the
+            3D torso phantoms, which share this function and draw their own organs, pass False and keep their
+            random stream.
         **overrides: any key of the returned dict to fix (``bmi=40``, ``arms="down"``, ``sarcopenic=True``).
 
     Returns:
@@ -148,6 +155,11 @@ def sample_habitus(rng: np.random.Generator, **overrides: Any) -> dict[str, Any]
         "rotation_deg": float(rng.uniform(-6, 6)), "shift_mm": [float(rng.uniform(-20, 20)),
                                                                   float(rng.uniform(-15, 15))],
     }
+    if organs:
+        # a large liver or spleen against the wall: hepatomegaly, a Riedel lobe, or a slice at L1-L2 (the
+        # fall-back levels); enhanced, they are as bright as muscle or brighter and must not be called muscle
+        h["large_liver"] = bool(rng.random() < 0.12)
+        h["large_spleen"] = bool(rng.random() < 0.07)
     h.update(overrides)
     h["bmi"] = float(np.clip(h["bmi"], 13.0, 60.0))
     return h
@@ -418,7 +430,12 @@ def make_l3_phantom(rng: np.random.Generator, *, size: int = 512, spacing_mm: fl
     ivc = _Blob(cv, rng, -rng.uniform(16, 26), y_vb - vb_b - rng.uniform(6, 12), rng.uniform(9, 15),
                 rng.uniform(5, 10), rng.uniform(-20, 20), 0.06)
     _paint(anat, ivc.sl, ivc.mask(), _A["inferior_vena_cava"], allowed=[_A["visceral_fat"]])
-    if h["liver_tip"]:
+    if h.get("large_liver"):
+        lv = _Blob(cv, rng, -a_f * rng.uniform(0.38, 0.5), rng.uniform(-25, 10), a_f * rng.uniform(0.45, 0.6),
+                   rng.uniform(55, 85), rng.uniform(-25, 25), 0.08)
+        _paint(anat, lv.sl, lv.mask(), _A["liver"], allowed=[_A["visceral_fat"]])
+        structures.append("liver_large")
+    elif h["liver_tip"]:
         lv = _Blob(cv, rng, -a_f * rng.uniform(0.5, 0.7), rng.uniform(-30, 15), rng.uniform(25, 45),
                    rng.uniform(30, 50), rng.uniform(-30, 30), 0.1)
         _paint(anat, lv.sl, lv.mask(), _A["liver"], allowed=[_A["visceral_fat"]])
@@ -428,7 +445,12 @@ def make_l3_phantom(rng: np.random.Generator, *, size: int = 512, spacing_mm: fl
                        rng.uniform(8, 14), rng.uniform(0, 90), 0.05)
             _paint(anat, gb.sl, gb.mask(), _A["gallbladder"], allowed=[_A["visceral_fat"], _A["liver"]])
             structures.append("gallbladder")
-    if h["spleen_tip"]:
+    if h.get("large_spleen"):
+        sp = _Blob(cv, rng, a_f * rng.uniform(0.5, 0.65), rng.uniform(5, 35), a_f * rng.uniform(0.25, 0.38),
+                   rng.uniform(35, 55), rng.uniform(-45, 0), 0.08)
+        _paint(anat, sp.sl, sp.mask(), _A["spleen"], allowed=[_A["visceral_fat"], _A["perirenal_fat"]])
+        structures.append("spleen_large")
+    elif h["spleen_tip"]:
         spx = a_f * rng.uniform(0.55, 0.7)
         sp = _Blob(cv, rng, spx, y_vb + rng.uniform(-10, 15), rng.uniform(15, 28), rng.uniform(20, 35),
                    rng.uniform(-40, 0), 0.1)

@@ -521,7 +521,7 @@ def sample_torso_habitus(rng: np.random.Generator, **overrides: Any) -> dict[str
         dict of plain values: sex, age, bmi, sarcopenic, arms, height_m, weight_kg, osteoporotic, frame, ...
     """
     base_keys = {"sex", "age", "bmi", "sarcopenic", "arms"}
-    h = sample_l3_habitus(rng, **{k: v for k, v in overrides.items() if k in base_keys})
+    h = sample_l3_habitus(rng, organs=False, **{k: v for k, v in overrides.items() if k in base_keys})
     male = h["sex"] == "M"
     height = float(np.clip(rng.normal(1.77 if male else 1.64, 0.07), 1.45, 2.02))
     extra = {
