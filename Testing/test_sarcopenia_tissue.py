@@ -262,13 +262,9 @@ def shipped_card_dice():
     return np.mean(scores, axis=0)
 
 
-def test_shipped_tissue_card_keeps_its_measured_accuracy_on_held_out_phantoms(shipped_card_dice):
-    assert np.all(shipped_card_dice > 0.90), shipped_card_dice  # 1.0.0 measured 0.946 / 0.943 / 0.937
-
-
-@pytest.mark.xfail(strict=False, reason="the shipped 1.0.0 card reaches muscle 0.946, SAT 0.943, VAT 0.937 on "
-                   "held-out phantoms (scripts/evaluate_tissue.py --n 30); the bar is 0.95 / 0.97 / 0.95")
 def test_shipped_tissue_card_meets_the_dice_bar_on_held_out_phantoms(shipped_card_dice):
+    # bar: muscle 0.95, SAT 0.97, VAT 0.95; card 1.1.0 measured 0.974 / 0.972 / 0.964 on 30 held-out phantoms
+    # (scripts/evaluate_tissue.py --n 30)
     mean = shipped_card_dice
     assert mean[0] >= 0.95 and mean[1] >= 0.97 and mean[2] >= 0.95, mean
 

@@ -14,9 +14,9 @@ Three sets, each printed with per-class Dice (mean, min) for every method that c
    the autochthon masks vs those masks; and the share of liver / spleen / kidney / stomach pixels called
    muscle or fat (should be ~0).
 
-PNGs of both methods (window -160..240 HU) are written to ``--png-dir``. The script ends with the decision
-for ``mskseg.sarcopenia.tissue.DEFAULT_METHOD``: the method with the higher mean of (muscle, SAT, VAT) Dice
-on the held-out phantoms, when both ran.
+PNGs of both methods (window -160..240 HU) are written to ``--png-dir``. The script ends with the method
+that the held-out phantoms favour (higher mean of muscle, SAT, VAT Dice); ``DEFAULT_METHOD`` in
+``mskseg.sarcopenia.tissue`` also weighs sets 2 and 3 (real anatomy) and says why it is what it is.
 
 usage: python scripts/evaluate_tissue.py [--n 20] [--seed 20260] [--png-dir /tmp/tissue] [--shared ../shared]
                                         [--model CARD]
@@ -203,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     if "network" in scores and scores["network"].get("phantom"):
         mean = {m: float(np.nanmean(np.asarray(scores[m]["phantom"], float)[:, :3])) for m in methods}
         best = max(mean, key=mean.get)
-        print(f"decision: DEFAULT_METHOD = {best!r} (mean muscle/SAT/VAT Dice on held-out phantoms: "
-              + ", ".join(f"{m} {v:.3f}" for m, v in mean.items()) + f"); currently {DEFAULT_METHOD!r}")
+        print(f"held-out phantoms favour {best!r} (mean muscle/SAT/VAT Dice: "
+              + ", ".join(f"{m} {v:.3f}" for m, v in mean.items()) + "); weigh this against sets 2 and 3 (real "
+              f"anatomy) before changing DEFAULT_METHOD, currently {DEFAULT_METHOD!r}")
     else:
         print(f"decision: only the rules could run (no tissue card installed): DEFAULT_METHOD stays {DEFAULT_METHOD!r}")
     return 0
