@@ -140,6 +140,28 @@ def test_rules_cut_off_an_arm_lying_against_the_flank():
     assert not lab[arm & ~trunk].any()
 
 
+def test_rules_do_not_take_a_gas_filled_loop_under_a_thin_linea_alba_for_the_wall():
+    # a trunk with a 12 mm muscle wall that thins to 2 mm at the anterior midline, where a gas-filled bowel loop
+    # (3 mm wall, fluid below the gas) lies right under it: the loop is visceral, never wall muscle
+    px = 0.8
+    yy, xx = (np.mgrid[0:400, 0:480] - np.array([200, 240])[:, None, None]) * px
+    hu = np.full(yy.shape, -1000.0)
+    hu[(xx / 160) ** 2 + (yy / 120) ** 2 <= 1] = -100.0  # subcutaneous fat
+    wall = (xx / 135) ** 2 + (yy / 97) ** 2 <= 1
+    hu[wall] = 45.0
+    thin = (np.abs(xx) < 12) & (yy < 0)
+    hu[wall & thin & ((xx / 135) ** 2 + (yy / 95) ** 2 <= 1)] = -100.0  # the wall is only 2 mm at the midline
+    hu[(xx / 123) ** 2 + (yy / 85) ** 2 <= 1] = -90.0  # visceral fat
+    loop = (xx / 22) ** 2 + ((yy + 72) / 14) ** 2 <= 1
+    hu[loop] = 30.0
+    hu[(xx / 19) ** 2 + ((yy + 72) / 11) ** 2 <= 1] = 20.0
+    hu[((xx / 19) ** 2 + ((yy + 72) / 11) ** 2 <= 1) & (yy < -72)] = -1000.0  # gas above the fluid level
+    hu[(xx / 25) ** 2 + ((yy - 60) / 22) ** 2 <= 1] = 400.0  # a vertebra
+    lab = T.rule_based_tissues(hu, (px, px))
+    assert not (lab[loop] == 1).any()
+    assert (lab[wall & ~thin & (yy < -60) & ((xx / 123) ** 2 + (yy / 85) ** 2 > 1.05)] == 1).mean() > 0.9
+
+
 def test_rules_follow_the_image_orientation(phantoms):
     sample = phantoms[0]
     vol = _ct_volume(sample, 1)
