@@ -222,20 +222,21 @@ def _trunk(hu: np.ndarray, sampling: tuple[float, float]) -> np.ndarray:
         trunk = mask & (nearest == trunk_id)
     else:
         trunk = mask
-    lab, n = ndimage.label(trunk)
-    if n > 1:
-        sizes = ndimage.sum(trunk, lab, index=np.arange(1, n + 1))
-        trunk = lab == (int(np.argmax(sizes)) + 1)
-    trunk = ndimage.binary_fill_holes(trunk)
+    trunk = ndimage.binary_fill_holes(_largest_component(trunk))
     for _ in range(2):  # an arm on each side
         arm = _touching_arm(trunk, hu, sampling)
         if arm is None:
             break
-        trunk &= ~arm
-        lab, n = ndimage.label(trunk)
-        if n > 1:
-            trunk = lab == (int(np.argmax(np.bincount(lab.ravel())[1:])) + 1)
+        trunk = _largest_component(trunk & ~arm)
     return trunk
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest connected component of ``mask`` (``mask`` itself when it has at most one)."""
+    lab, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    return lab == int(np.argmax(np.bincount(lab.ravel())[1:])) + 1
 
 
 def _touching_arm(body: np.ndarray, hu: np.ndarray, sampling: tuple[float, float]) -> np.ndarray | None:
@@ -526,11 +527,11 @@ def rule_compartments(hu2d: np.ndarray, spacing: Sequence[float]) -> RuleCompart
         y_body_back = y_front + 0.45 * (y_back - y_front)  # posterior edge of the vertebral body
         y_body_mid = y_front + 0.22 * (y_back - y_front)
         x_mid = 0.5 * (scols[0] + scols[-1])
+        midline = np.abs(np.arange(shape[1])[None, :] - x_mid) * sp_i <= _CANAL_HALF_MM
         spine |= _convex_fill(spine & (np.arange(shape[0])[:, None] < y_body_back))  # body with open cortex
         # the spinal canal where the arch is open on this slice (a slice through the pedicles or between
         # laminae): the midline strip from the body to the most posterior bone behind it (lamina or spinous
         # process) holds the canal and the dural sac, never muscle (multifidus lies beside the spinous process)
-        midline = np.abs(np.arange(shape[1])[None, :] - x_mid) * sp_i <= _CANAL_HALF_MM
         spine |= _convex_fill(spine & midline) & midline
         candidate = cavity & ~ring & (smooth >= -29.0) & (smooth <= _ORGAN_HU) & ~bone_near & ~spine
         candidate = _disk_open(candidate, 1.0, sampling)
@@ -581,10 +582,9 @@ def rule_compartments(hu2d: np.ndarray, spacing: Sequence[float]) -> RuleCompart
     if spine.any():
         # behind the tip of the spinous process, in the midline, lie the supraspinous ligament and
         # subcutaneous fat, never muscle or visceral fat (the back muscles lie beside the process)
-        cols = np.abs(np.arange(shape[1])[None, :] - x_mid) * sp_i <= _CANAL_HALF_MM
-        strip_rows = np.flatnonzero((spine & cols).any(axis=1))
+        strip_rows = np.flatnonzero((spine & midline).any(axis=1))
         if strip_rows.size:
-            behind = cols & (np.arange(shape[0])[:, None] > strip_rows[-1]) & cavity
+            behind = midline & (np.arange(shape[0])[:, None] > strip_rows[-1]) & cavity
             cavity &= ~behind
             compartments &= ~behind
             subcutaneous |= behind & inner_body
