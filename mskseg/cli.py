@@ -94,15 +94,27 @@ def build_parser() -> argparse.ArgumentParser:
     from .synth.cli import add_synth_parser
 
     add_synth_parser(sub)
-    from .sarcopenia.cli import add_sarcopenia_parser
-
-    add_sarcopenia_parser(sub)
+    _add_task_parsers(sub)
     _add_optional_parsers(sub)
 
     s = sub.add_parser("terminology", help="list class names and codes, or write Slicer's .term.json")
     s.add_argument("--write", metavar="PATH", help="write the Slicer terminology file to PATH")
     s.add_argument("--overwrite", action="store_true")
     return p
+
+
+def _add_task_parsers(sub) -> None:
+    """One subcommand per registered task that has one (:data:`mskseg.tasks.TASKS`)."""
+    from .tasks import TASKS, get_task
+
+    for entry in TASKS:
+        task = get_task(entry.name)
+        if task.add_arguments is None or task.cli is None:
+            continue
+        s = sub.add_parser(task.name, help=task.summary, description=task.description or task.summary,
+                           epilog=task.epilog or None, formatter_class=argparse.RawDescriptionHelpFormatter)
+        task.add_arguments(s)
+        s.set_defaults(task_cli=task.cli)
 
 
 def _add_optional_parsers(sub) -> None:
@@ -132,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return _commands()[args.command](args)
+        command = getattr(args, "task_cli", None) or _commands()[args.command]
+        return command(args)
     except MSKSegError as e:
         print(f"mskseg {args.command}: error: {e.message}", file=sys.stderr)
         if e.hint:
@@ -151,13 +164,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _commands() -> dict:
-    """Subcommand name -> function(args) -> exit status."""
-    from .sarcopenia.cli import run_sarcopenia_cli
+    """Subcommand name -> function(args) -> exit status, for the commands that are not tasks."""
     from .synth.cli import run_synth
 
     table = {"info": cmd_info, "demo": cmd_demo, "export": cmd_export, "segment": cmd_segment,
-             "models": cmd_models, "device": cmd_device, "terminology": cmd_terminology, "synth": run_synth,
-             "sarcopenia": run_sarcopenia_cli}
+             "models": cmd_models, "device": cmd_device, "terminology": cmd_terminology, "synth": run_synth}
     try:
         from .train.cli import run_evaluate, run_train
 
@@ -288,11 +299,10 @@ def cmd_segment(args) -> int:
     """``mskseg segment``: run a model card on each image; one output folder per case."""
     from tqdm import tqdm
 
+    from .cardtask import export_card_result, run_card
     from .engine import choose_device
     from .io import read_image
-    from .io.export import export_result
     from .models import load_model_card
-    from .pipeline import segment_image
 
     card = load_model_card(args.model)
     device = choose_device(args.device)
@@ -312,11 +322,10 @@ def cmd_segment(args) -> int:
         t0 = time.perf_counter()
         try:
             image = read_image(path, series_uid=args.series)
-            result = segment_image(image, card, device=device.device, progress=progress)
-            written = export_result(Path(args.out) / name, image, result.labelmap, result.labels,
-                                    formats=_formats(args.formats), overwrite=args.overwrite,
-                                    title=f"{name}: {card.title}",
-                                    summary={"input": str(path), "model": card.name, "device": device.device})
+            result = run_card(image, model_card=card, device=device.device, progress=progress)
+            written = export_card_result(Path(args.out) / name, image, result, overwrite=args.overwrite,
+                                         formats=_formats(args.formats), extra={"input": str(path)},
+                                         title=f"{name}: {card.title}")
         except MSKSegError as e:
             if len(args.images) == 1:
                 raise

@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from mskseg.io import read_image
-    from mskseg.sarcopenia.pipeline import export_sarcopenia, run_sarcopenia
+    from mskseg.sarcopenia.export import export_sarcopenia
+    from mskseg.sarcopenia.pipeline import run_sarcopenia
 
     shape = tuple(int(v) for v in args.shape.split(","))
     work = Path(args.work or tempfile.mkdtemp(prefix="mskseg-bench-"))

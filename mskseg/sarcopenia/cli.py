@@ -1,6 +1,7 @@
 """``mskseg sarcopenia``: body composition at L3 from a CT, headless, with every output file.
 
-Wired into the ``mskseg`` command by :mod:`mskseg.cli` (:func:`add_sarcopenia_parser`, :func:`run_sarcopenia_cli`).
+Declared in the task registry by :mod:`mskseg.sarcopenia.task` (:func:`add_sarcopenia_arguments`, :func:`run_sarcopenia_cli`,
+:func:`options_from_args`).
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ the CT is a DICOM series), metrics.csv, metrics.json (rows, units, level, confid
 report.png (the L3 slice with the tissues, a sagittal view with the vertebra levels, the measurements)."""
 
 
-def _epilog() -> str:
+def epilog() -> str:
+    """The epilog of `mskseg sarcopenia --help`: examples, the cut-off sets, the tissue windows."""
     try:
         from .cutoffs import CUTOFF_SETS
 
@@ -59,10 +61,8 @@ volume's slice axis). Nothing is overwritten unless --overwrite is given; nothin
 """
 
 
-def add_sarcopenia_parser(sub: Any) -> argparse.ArgumentParser:
-    """Add the ``sarcopenia`` subcommand to the ``mskseg`` subparsers ``sub``; returns its parser."""
-    s = sub.add_parser("sarcopenia", help="body composition at L3 of a CT: muscle, fat, SMI, flags, report",
-                       description=DESCRIPTION, epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_sarcopenia_arguments(s: argparse.ArgumentParser) -> None:
+    """Add the options of ``mskseg sarcopenia`` to its (sub)parser ``s``."""
     s.add_argument("ct", nargs="?", help="CT: DICOM series folder, DICOM file, NIfTI, NRRD or MHA")
     s.add_argument("--demo", action="store_true",
                    help=f"run on a synthetic abdominal CT made on the spot (default --out {DEMO_OUT})")
@@ -90,13 +90,13 @@ def add_sarcopenia_parser(sub: Any) -> argparse.ArgumentParser:
     options.add_argument("--vat-window", metavar="LO,HI", help="VAT window in HU, e.g. --vat-window=-190,-30 (write '=' before a negative number; "
                               "default -150,-50)")
     options.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    return s
 
 
 def run_sarcopenia_cli(args: argparse.Namespace) -> int:
     """Run ``mskseg sarcopenia`` for parsed ``args``; returns the exit status (errors raise MSKSegError)."""
     from ..io import read_image
-    from .pipeline import export_sarcopenia, run_sarcopenia
+    from .export import export_sarcopenia
+    from .pipeline import run_sarcopenia
 
     if args.demo and args.ct:
         raise MSKSegError("give either a CT or --demo, not both")
@@ -104,12 +104,8 @@ def run_sarcopenia_cli(args: argparse.Namespace) -> int:
         raise MSKSegError("no CT given", "mskseg sarcopenia CT --out DIR (or --demo to try it on a synthetic CT)")
     if not args.demo and not args.out:
         raise MSKSegError("no output folder given", "add --out DIR")
-    from .cutoffs import get_cutoff_set
-
     out = Path(args.out or DEMO_OUT)
-    cutoff_set = get_cutoff_set(args.cutoffs).name  # a typo fails before the CT is read
-    settings = _settings(args.vat_window)
-    level_index = _level_index(args.levels)
+    options = options_from_args(args)  # a typo in --cutoffs or --levels fails before the CT is read
     _check_out(out, args.overwrite)
 
     if args.demo:
@@ -123,10 +119,7 @@ def run_sarcopenia_cli(args: argparse.Namespace) -> int:
     t_read = time.perf_counter() - t0
     progress = _progress_bar()
     try:
-        result = run_sarcopenia(image, height_m=args.height, weight_kg=args.weight, sex=args.sex,
-                                cutoff_set=cutoff_set, level_index=level_index, slab=args.slab, method=args.method,
-                                muscle_groups=args.muscle_groups, allow_fallback=args.allow_fallback,
-                                settings=settings, device=args.device, progress=progress)
+        result = run_sarcopenia(image, **options, progress=progress)
     finally:
         progress.close()
     t1 = time.perf_counter()
@@ -134,6 +127,22 @@ def run_sarcopenia_cli(args: argparse.Namespace) -> int:
     t_write = time.perf_counter() - t1
     _print_result(result, written, t_read, t_write)
     return 0
+
+
+def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword options of :func:`mskseg.sarcopenia.pipeline.run_sarcopenia` for parsed ``args`` (the same
+    for the command line, the batch runner and the background worker).
+
+    Raises:
+        MSKSegError: an unknown cut-off set, a ``--levels`` that is neither ``auto`` nor an index, a bad
+            ``--vat-window``.
+    """
+    from .cutoffs import get_cutoff_set
+
+    return {"height_m": args.height, "weight_kg": args.weight, "sex": args.sex,
+            "cutoff_set": get_cutoff_set(args.cutoffs).name, "level_index": _level_index(args.levels),
+            "slab": args.slab, "method": args.method, "muscle_groups": args.muscle_groups,
+            "allow_fallback": args.allow_fallback, "settings": _settings(args.vat_window), "device": args.device}
 
 
 def _print_result(result: Any, written: list[Path], t_read: float, t_write: float) -> None:
@@ -191,7 +200,7 @@ def _level_index(levels: str) -> int | None:
 def _check_out(out: Path, overwrite: bool) -> None:
     """Fail before any work when the results of an earlier run are in ``out`` (and --overwrite is not given)."""
     from ..errors import OutputExistsError
-    from .pipeline import OUTPUT_FILES
+    from .export import OUTPUT_FILES
 
     if out.exists() and not out.is_dir():
         raise MSKSegError(f"--out {out} is a file, not a folder", "choose a folder")

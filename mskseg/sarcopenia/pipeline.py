@@ -1,38 +1,45 @@
-"""Body composition at L3, from a CT volume to measurements, as named steps.
+"""Body composition at L3, from a CT volume to measurements, as named steps: the ONE orchestration of the task.
 
-:func:`run_sarcopenia` runs, in order and each timed:
+The command line (``mskseg sarcopenia``), the Slicer module's Logic (:mod:`mskseg.sarcopenia.slicer`) and the
+batch runner all call :func:`run_sarcopenia`, which runs, in order and each timed
+(:class:`mskseg.steps.StepRunner`):
 
 1. ``validate``: the image must be a CT volume in Hounsfield units that can hold a lumbar spine
-   (:func:`mskseg.sarcopenia.l3.check_ct_for_l3`; only :func:`check_ct` when the user chose the slice): MR,
+   (:func:`mskseg.sarcopenia.l3.check_ct_for_l3`; only :func:`check_ct` when the slice is given): MR,
    radiographs, pictures, 2D images, thorax-only scans, single slices and extreme spacings are refused with a
-   message that says why;
+   message that says why. The volume is brought to the canonical orientation (:mod:`mskseg.orientation`):
+   every later step sees the same voxels whatever the storage orientation;
 2. ``locate``: the L3 slice (:func:`mskseg.sarcopenia.l3.detect_l3`), or the slice the user chose;
 3. ``segment``: skeletal muscle, subcutaneous, visceral and intermuscular fat on the slab of slices centred
-   there (:func:`mskseg.sarcopenia.tissue.segment_tissues`);
+   there (:func:`mskseg.sarcopenia.tissue.segment_tissues`), each tissue inside its HU window, muscle groups
+   (when asked) painted over the muscle they belong to;
 4. ``measure``: areas, HU, SMI, VAT/SAT and the flags of the chosen cut-off set
    (:func:`mskseg.sarcopenia.metrics.measure_body_composition`).
 
-:func:`export_sarcopenia` writes the result: ``segmentation.seg.nrrd``, ``segmentation.dcm`` (DICOM-SEG, when
-the CT was read from DICOM), ``metrics.csv``, ``metrics.json`` and ``report.png``.
+The label map comes back on exactly the source grid, and every slice index in the result is counted along the
+stored volume's axial axis (the axis closest to head-feet), as ``mskseg info`` and Slicer show it.
+:func:`mskseg.sarcopenia.export.export_sarcopenia` writes the files.
 """
 from __future__ import annotations
 
-import time
+import dataclasses
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from ..engine import CancelToken, Progress
-from ..errors import CancelledError, InvalidImageError, OutputExistsError
+from ..errors import InvalidImageError
 from ..image import Image
 from ..io.common import Labels
+from ..orientation import Reorientation, labelmap_to_source, to_canonical
+from ..steps import StepRunner
 
-#: Order of the steps of :func:`run_sarcopenia` (keys of :attr:`SarcopeniaResult.timings`).
-STEPS = ("validate", "locate", "segment", "measure")
-#: Share of the progress bar each step takes.
-_PROGRESS_SPANS = {"validate": (0.0, 0.02), "locate": (0.02, 0.45), "segment": (0.45, 0.95), "measure": (0.95, 1.0)}
+#: Order of the steps of :func:`run_sarcopenia` (keys of :attr:`SarcopeniaResult.timings`) and their share of
+#: the progress bar.
+STEP_WEIGHTS = {"validate": 0.02, "locate": 0.43, "segment": 0.50, "measure": 0.05}
+STEPS = tuple(STEP_WEIGHTS)
 #: Class names of the tissue label map, by label value (the tissue step's output).
 TISSUE_LABELS: Labels = {1: "skeletal_muscle", 2: "subcutaneous_fat", 3: "visceral_fat", 4: "intermuscular_fat"}
 #: Lowest voxel value (HU) a CT of the abdomen holds somewhere: air outside the body, in the bowel or lungs.
@@ -40,12 +47,27 @@ _CT_AIR_HU = -500.0
 
 
 @dataclass
+class CanonicalView:
+    """The run as the steps saw it: the CT in the canonical orientation (radiological when shown), its label map,
+    and the measured slices and level in canonical slice indices. The report draws from it."""
+
+    image: Image
+    labelmap: Image
+    slices: list[int]
+    l3: Any
+    reorientation: Reorientation
+
+
+@dataclass
 class SarcopeniaResult:
     """What :func:`run_sarcopenia` found and measured.
 
     Attributes:
-        labelmap: tissue labels on exactly the source grid ``(K, J, I)``, non-zero only on :attr:`slices`.
-        labels: label value -> class name of :attr:`labelmap` (``TISSUE_LABELS``).
+        labelmap: tissue labels on exactly the source grid (the stored array's shape), non-zero only on the
+            measured slices.
+        labels: label value -> class name of :attr:`labelmap`: ``TISSUE_LABELS``, plus ``psoas``,
+            ``paraspinal`` and ``abdominal_wall`` (values 5-7, painted over the muscle they belong to) when muscle
+            groups were asked for; the metrics count them as skeletal muscle.
         l3: the level found (``mskseg.sarcopenia.l3.L3Result``): slice index, position, level name (``L3`` or
             the fall-back level), confidence, every vertebra level identified, method (``"user"`` when the
             slice was given), warnings.
@@ -53,12 +75,14 @@ class SarcopeniaResult:
         metrics: the ``BodyCompResult`` (rows, units, summary) of :mod:`mskseg.sarcopenia.metrics`.
         tissue_method: how the tissues were segmented (``"network"``, ``"rules"``, ...).
         tissue_cross_check: per-class agreement of network and rules, when both ran.
-        group_labelmap, group_labels: psoas / paraspinal / abdominal wall labels (they overlap the muscle
-            label, hence a map of their own) when muscle groups were asked for, else None and ``{}``.
         settings: the ``BodyCompSettings`` used (windows); patient: the ``PatientInfo`` used.
         cutoff_set: name of the cut-off set the flags follow.
         warnings: everything the user should check (level uncertainty, fall-back level, disagreements).
         timings: seconds per step (``validate``, ``locate``, ``segment``, ``measure``).
+        canonical: the same run in the canonical orientation (:class:`CanonicalView`), for the report.
+
+    Slice indices (``l3.index``, ``l3.levels``, ``slices``, the rows' ``slice_index``) count along the stored
+    volume's axial axis (:attr:`mskseg.orientation.Reorientation.axial_axis`).
     """
 
     labelmap: Image
@@ -71,10 +95,9 @@ class SarcopeniaResult:
     patient: Any
     cutoff_set: str
     tissue_cross_check: dict = field(default_factory=dict)
-    group_labelmap: Image | None = None
-    group_labels: Labels = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    canonical: CanonicalView | None = None
 
     @property
     def rows(self) -> list[dict[str, Any]]:
@@ -134,11 +157,13 @@ def run_sarcopenia(
     sex: str | None = None,
     cutoff_set: str = "Martin 2013",
     level_index: int | None = None,
+    level: Any = None,
     slab: int = 1,
     method: str = "auto",
     muscle_groups: bool = False,
     allow_fallback: bool = False,
     settings: Any = None,
+    model: Any = None,
     device: str = "auto",
     progress: Progress | None = None,
     cancel_token: CancelToken | None = None,
@@ -146,13 +171,14 @@ def run_sarcopenia(
     """Find L3 in a CT volume, segment the body-composition tissues there and measure them.
 
     Args:
-        image: CT volume in HU, array ``(K, J, I)``; its ``metadata`` may hold the DICOM ``Modality``,
-            ``PatientSize`` (m), ``PatientWeight`` (kg), ``PatientSex`` and ``PatientAge``.
+        image: CT volume in HU, array ``(K, J, I)`` in any storage orientation; its ``metadata`` may hold the
+            DICOM ``Modality``, ``PatientSize`` (m), ``PatientWeight`` (kg), ``PatientSex`` and ``PatientAge``.
         height_m, weight_kg, sex: patient values (``"M"``/``"F"``) that override the DICOM ones; height for
             SMI, weight for BMI (Martin 2013 cut-offs), sex for every cut-off set.
         cutoff_set: a name of ``mskseg.sarcopenia.cutoffs.CUTOFF_SETS``.
-        level_index: the slice index ``k`` to measure, chosen by the user (then no detection runs and the
-            level method is ``"user"``); None finds L3 automatically.
+        level_index: the slice to measure, chosen by the user, counted along the stored volume's axial axis
+            (then no detection runs and the level method is ``"user"``); None finds L3 automatically.
+        level: an ``L3Result`` found earlier for this image (Slicer's Find L3), used instead of detecting again.
         slab: number of slices centred on the level to segment and measure (the mean row averages them).
         method: tissue segmentation ``"auto"`` (network when a model is installed, else rules),
             ``"network"`` or ``"rules"``.
@@ -160,12 +186,13 @@ def run_sarcopenia(
         allow_fallback: when L3 is outside the field of view, measure at the first level of the fall-back
             order L2, L4, L5, L1, T12, T11, T10 that is present (and say so) instead of failing.
         settings: ``BodyCompSettings`` (tissue windows); default the published defaults.
+        model: a tissue model card to use instead of the installed one.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         progress: ``progress(fraction, message)``; returning False cancels.
         cancel_token: a :class:`~mskseg.engine.CancelToken` another thread may set.
 
     Returns:
-        A :class:`SarcopeniaResult`.
+        A :class:`SarcopeniaResult`, its label map on the source grid.
 
     Raises:
         InvalidImageError: not a CT volume in HU (MR, radiograph, picture, 2D, single slice, extreme spacing,
@@ -179,71 +206,114 @@ def run_sarcopenia(
     from .settings import BodyCompSettings, patient_from_metadata
     from .tissue import segment_tissues
 
-    timings: dict[str, float] = {}
     warnings: list[str] = []
-    step = _StepRunner(progress, cancel_token, timings)
+    runner = StepRunner(STEP_WEIGHTS, progress, cancel_token, what="body-composition analysis")
 
-    with step("validate", "checking the CT"):
+    with runner.step("validate", "checking the CT"):
         if slab < 1:
             raise InvalidImageError(f"slab of {slab} slices: at least one slice is measured",
                                     "use --slab 1 for the L3 slice alone, or an odd number such as 3 or 5")
         settings = settings if settings is not None else BodyCompSettings()
-        if level_index is None:
-            l3_module.check_ct_for_l3(image)  # CT in HU, a volume, usable spacing, not thorax only
-        else:  # the user chose the slice: any CT volume in HU will do
-            check_ct(image)
-            _check_level_index(image, level_index)
+        check_ct(image)  # a CT volume in HU, before anything else (2D images get their own message)
+        canon, how = to_canonical(image)
+        if level_index is None and level is None:
+            l3_module.check_ct_for_l3(canon)  # usable spacing, not thorax only
+        elif level_index is not None:  # the user chose the slice: any CT volume in HU will do
+            _check_level_index(image, level_index, how)
         # Patient values are checked before any long work, so that a height in cm fails at once.
         patient = patient_from_metadata(image.metadata, height_m=height_m, weight_kg=weight_kg, sex=sex)
         cutoff_set = get_cutoff_set(cutoff_set).name  # unknown names fail here, before any long work
 
-    with step("locate", "finding L3") as sub:
-        if level_index is None:
-            l3 = l3_module.detect_l3(image, device=device, progress=sub, cancel_token=cancel_token,
+    with runner.step("locate", "finding L3") as report:
+        if level is not None:
+            l3 = level_to_canonical(level, how)
+        elif level_index is None:
+            l3 = l3_module.detect_l3(canon, device=device, progress=report, cancel_token=cancel_token,
                                      allow_fallback=allow_fallback)
         else:
-            l3 = user_level(image, level_index)
+            l3 = user_level(canon, how.canonical_slice(level_index))
         warnings += [str(w) for w in (getattr(l3, "warnings", None) or [])]
         if getattr(l3, "fallback_used", False) and not any("field of view" in w for w in warnings):
             warnings.insert(0, f"L3 is not in the field of view: measured at {l3.level} instead (fall-back order "
                                "L2, L4, L5, L1, T12, T11, T10); L3 cut-offs do not apply to this level")
-        slices, clipped = slab_slices(int(l3.index), slab, image.array.shape[0])
+        slices, clipped = slab_slices(int(l3.index), slab, canon.array.shape[0])
         if clipped:
             warnings.append(f"the slab of {slab} slices reaches the edge of the volume: {len(slices)} slices measured")
 
-    with step("segment", "segmenting tissues") as sub:
-        tissue = segment_tissues(image, slices, method=method, settings=settings, device=device, progress=sub,
-                                 cancel_token=cancel_token, muscle_groups=muscle_groups)
+    with runner.step("segment", "segmenting tissues") as report:
+        tissue = segment_tissues(canon, slices, method=method, settings=settings, device=device, progress=report,
+                                 cancel_token=cancel_token, muscle_groups=muscle_groups, model=model)
         warnings += [str(w) for w in (getattr(tissue, "warnings", None) or [])]
         labels = dict(getattr(tissue, "labels", None) or TISSUE_LABELS)
         # The map shown and exported is the map as measured: tissue labels inside their HU windows.
-        labelmap = windowed_labelmap(image, tissue.labelmap, labels, slices, settings)
-        group_labelmap = getattr(tissue, "group_labelmap", None) if muscle_groups else None
-        group_labels = dict(getattr(tissue, "group_labels", None) or {}) if group_labelmap is not None else {}
-        if not group_labels:
-            group_labelmap = None
+        labelmap = windowed_labelmap(canon, tissue.labelmap, labels, slices, settings)
+        if muscle_groups and tissue.group_labelmap is not None and tissue.group_labels:
+            labelmap, labels = paint_muscle_groups(labelmap, labels, tissue.group_labelmap, tissue.group_labels)
 
-    with step("measure", "measuring"):
+    with runner.step("measure", "measuring"):
         level_name = str(getattr(l3, "level", "L3"))
         source = "user" if level_index is not None else \
             f"{l3.method} (confidence {float(getattr(l3, 'confidence', 0.0)):.2f})"
-        metrics = measure_slab(image, labelmap, labels, slices, patient, settings, cutoff_set, level=level_name,
-                               method=str(tissue.method), slice_source=source, group_labelmap=group_labelmap,
-                               group_labels=group_labels or None)
+        metrics = measure_slab(canon, labelmap, labels, slices, patient, settings, cutoff_set, level=level_name,
+                               method=str(tissue.method), slice_source=source, to_source=how.source_slice)
         warnings += [str(w) for w in (getattr(metrics, "warnings", None) or [])]
 
+    view = CanonicalView(canon, labelmap, slices, l3, how)
     return SarcopeniaResult(
-        labelmap=labelmap, labels=labels, l3=l3, slices=slices, metrics=metrics,
-        tissue_method=str(tissue.method), settings=settings, patient=patient, cutoff_set=cutoff_set,
-        tissue_cross_check=dict(getattr(tissue, "cross_check", None) or {}), group_labelmap=group_labelmap,
-        group_labels=group_labels, warnings=list(dict.fromkeys(warnings)), timings=timings)
+        labelmap=labelmap_to_source(labelmap, image, how), labels=labels, l3=level_to_source(l3, how),
+        slices=sorted(how.source_slice(k) for k in slices), metrics=metrics, tissue_method=str(tissue.method),
+        settings=settings, patient=patient, cutoff_set=cutoff_set,
+        tissue_cross_check=dict(getattr(tissue, "cross_check", None) or {}),
+        warnings=list(dict.fromkeys(_source_slice_numbers(w, how.source_slice) for w in warnings)),
+        timings=dict(runner.timings), canonical=view)
+
+
+def paint_muscle_groups(labelmap: Image, labels: Labels, group_labelmap: Image,
+                        group_labels: Labels) -> tuple[Image, Labels]:
+    """Muscle groups (psoas, paraspinal, abdominal wall) painted over the muscle pixels they cover.
+
+    Groups overlap the muscle, so each becomes its own label (values after the tissue labels) on the muscle
+    pixels only: SMA stays the same (the metrics count group classes as skeletal muscle) and each group can
+    be edited alone in the Segment Editor. Returns the new map and its labels.
+    """
+    from .metrics import MUSCLE_GROUPS
+
+    array = np.array(labelmap.array, copy=True)
+    labels = dict(labels)
+    muscle = array == next(v for v, n in labels.items() if n == "skeletal_muscle")
+    groups = np.asarray(group_labelmap.array)
+    next_value = max(labels) + 1
+    for value, name in sorted(group_labels.items()):
+        if name not in MUSCLE_GROUPS:
+            continue
+        array[muscle & (groups == value)] = next_value
+        labels[next_value] = name
+        next_value += 1
+    return labelmap.with_array(array), labels
+
+
+def level_to_source(l3: Any, how: Reorientation) -> Any:
+    """An ``L3Result`` found on the canonical volume, its slice indices counted along the stored axial axis."""
+    if how.is_identity:
+        return l3
+    return dataclasses.replace(l3, index=how.source_slice(int(l3.index)),
+                               levels={n: how.source_slice(int(k)) for n, k in (l3.levels or {}).items()},
+                               warnings=[_source_slice_numbers(w, how.source_slice) for w in (l3.warnings or [])])
+
+
+def level_to_canonical(l3: Any, how: Reorientation) -> Any:
+    """The inverse of :func:`level_to_source` (the map of slice indices is its own inverse)."""
+    return level_to_source(l3, how)
 
 
 def user_level(image: Image, index: int):
-    """An ``L3Result`` for a slice the user chose: method ``"user"``, confidence 1, no levels identified."""
+    """An ``L3Result`` for axial slice ``index`` (numpy axis 0) the user chose: method ``"user"``, confidence 1,
+    no levels identified."""
     from .l3 import L3Result
 
-    _check_level_index(image, index)
+    if not 0 <= int(index) < image.array.shape[0]:
+        raise InvalidImageError(f"slice index {index} is outside the volume (slices 0 .. {image.array.shape[0] - 1})",
+                                "give the index k of the L3 slice, counted from 0 along the volume's axial slice axis")
     return L3Result(index=int(index), position_mm=slice_position_mm(image, int(index)), level="L3", confidence=1.0,
                     levels={}, method="user", cross_check={}, warnings=[], fallback_used=False)
 
@@ -296,22 +366,23 @@ def check_ct(image: Image) -> None:
             "give the CT in HU (DICOM with RescaleSlope/Intercept, or a NIfTI/NRRD of HU values)")
 
 
-def _check_level_index(image: Image, index: int) -> None:
-    n = image.array.shape[0]
+def _check_level_index(image: Image, index: int, how: Reorientation) -> None:
+    n = how.source_shape[how.axial_axis]
     if not 0 <= int(index) < n:
-        raise InvalidImageError(f"slice index {index} is outside the volume (slices 0 .. {n - 1})",
-                                "give the index k of the L3 slice, counted from 0 along the volume's slice axis")
+        raise InvalidImageError(f"slice index {index} is outside the volume (axial slices 0 .. {n - 1})",
+                                "give the index k of the L3 slice, counted from 0 along the volume's axial slice axis")
 
 
 def measure_slab(image: Image, labelmap: Image, labels: Labels, slices: list[int], patient: Any, settings: Any,
-                 cutoff_set: str | None, *, group_labelmap: Image | None = None, group_labels: Labels | None = None,
-                 **kwargs: Any):
-    """:func:`mskseg.sarcopenia.metrics.measure_body_composition` on the slices ``slices`` only.
+                 cutoff_set: str | None, *, to_source: Callable[[int], int] | None = None, **kwargs: Any):
+    """:func:`mskseg.sarcopenia.metrics.measure_body_composition` on the axial slices ``slices`` only.
 
-    The measures need only the slab of slices from ``min(slices)`` to ``max(slices)``; measuring a copy of
-    that slab (same geometry: its origin is the first slab slice) spares the checks of the whole volume, which
-    on a 512 x 512 x 300 CT take seconds. Slice indices in the rows and summary are those of the full volume.
-    ``kwargs`` (level, method, slice_source) are passed on.
+    ``image`` and ``labelmap`` are canonical volumes ``(K, J, I)`` (axial slices along numpy axis 0). The
+    measures need only the slab of slices from ``min(slices)`` to ``max(slices)``; measuring a copy of that
+    slab (same geometry: its origin is the first slab slice) spares the checks of the whole volume, which on a
+    512 x 512 x 300 CT take seconds. Slice indices in the rows, summary and warnings are those of the full
+    volume, mapped through ``to_source`` (canonical index -> stored index) when given. ``kwargs`` (level,
+    method, slice_source, group_labelmap, group_labels) are passed on.
     """
     from .metrics import measure_body_composition
 
@@ -324,29 +395,33 @@ def measure_slab(image: Image, labelmap: Image, labels: Labels, slices: list[int
         return Image(np.asarray(volume.array[first:last + 1]), volume.spacing, origin, volume.direction,
                      volume.metadata)
 
+    if kwargs.get("group_labelmap") is not None:
+        kwargs["group_labelmap"] = slab(kwargs["group_labelmap"])
     result = measure_body_composition(slab(image), slab(labelmap), labels, [k - first for k in slices], patient,
-                                      settings, cutoff_set, group_labelmap=slab(group_labelmap),
-                                      group_labels=group_labels, **kwargs)
-    for row in result.rows:
-        if isinstance(row.get("slice_index"), (int, np.integer)):
-            row["slice_index"] = int(row["slice_index"]) + first
+                                      settings, cutoff_set, **kwargs)
+
+    def index(k: Any) -> Any:
+        if not isinstance(k, (int, np.integer)):
+            return k
+        k = int(k) + first
+        return to_source(k) if to_source is not None else k
+
     summary = getattr(result, "summary", None)
+    for record in [*result.rows, summary if isinstance(summary, dict) else {}]:
+        if "slice_index" in record:
+            record["slice_index"] = index(record["slice_index"])
     if isinstance(summary, dict):
-        if isinstance(summary.get("slice_index"), (int, np.integer)):
-            summary["slice_index"] = int(summary["slice_index"]) + first
         if isinstance(summary.get("slices"), list):
-            summary["slices"] = [int(k) + first for k in summary["slices"]]
-    result.warnings = [_shift_slice_numbers(w, first) for w in result.warnings]
+            summary["slices"] = [index(k) for k in summary["slices"]]
+    result.warnings = [_source_slice_numbers(w, index) for w in result.warnings]
     if isinstance(summary, dict) and isinstance(summary.get("warnings"), list):
         summary["warnings"] = list(result.warnings)
     return result
 
 
-def _shift_slice_numbers(text: str, first: int) -> str:
-    """``"slice 3: ..."`` -> ``"slice {3 + first}: ..."`` (metrics warnings name slab-relative slices)."""
-    import re
-
-    return re.sub(r"\bslice (\d+)", lambda m: f"slice {int(m.group(1)) + first}", str(text))
+def _source_slice_numbers(text: str, index: Callable[[int], int]) -> str:
+    """``"slice 3: ..."`` -> ``"slice {index(3)}: ..."``: slice numbers in a sentence mapped to another count."""
+    return re.sub(r"\bslice (\d+)", lambda m: f"slice {index(int(m.group(1)))}", str(text))
 
 
 def windowed_labelmap(image: Image, labelmap: Image, labels: Labels, slices: list[int], settings: Any) -> Image:
@@ -359,104 +434,6 @@ def windowed_labelmap(image: Image, labelmap: Image, labels: Labels, slices: lis
     for k in slices:
         array[k] = apply_windows(hu[k], array[k], settings, labels)
     return labelmap.with_array(array)
-
-
-class _StepRunner:
-    """Times named steps, maps their progress onto the whole run, and stops on cancel."""
-
-    def __init__(self, progress: Progress | None, cancel_token: CancelToken | None, timings: dict[str, float]):
-        self.progress, self.cancel_token, self.timings = progress, cancel_token, timings
-
-    def __call__(self, name: str, message: str) -> "_Step":
-        return _Step(self, name, message)
-
-    def report(self, fraction: float, message: str) -> bool:
-        if self.cancel_token is not None and self.cancel_token.cancelled:
-            return False
-        if self.progress is not None and self.progress(fraction, message) is False:
-            return False
-        return True
-
-
-class _Step:
-    def __init__(self, runner: _StepRunner, name: str, message: str):
-        self.runner, self.name, self.message = runner, name, message
-        self.start, self.stop = _PROGRESS_SPANS[name]
-
-    def __enter__(self) -> Callable[[float, str], bool]:
-        if not self.runner.report(self.start, self.message):
-            raise CancelledError(f"body-composition analysis was cancelled before '{self.name}'")
-        self.t0 = time.perf_counter()
-        return self.sub
-
-    def sub(self, fraction: float, message: str = "") -> bool:
-        fraction = min(max(float(fraction), 0.0), 1.0)
-        return self.runner.report(self.start + (self.stop - self.start) * fraction, message or self.message)
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.runner.timings[self.name] = time.perf_counter() - self.t0
-        if exc_type is None:
-            self.runner.report(self.stop, self.message)
-
-
-# ------------------------------------------------------------------------------------------------ export
-#: File names :func:`export_sarcopenia` writes.
-OUTPUT_FILES = {"seg.nrrd": "segmentation.seg.nrrd", "dicom-seg": "segmentation.dcm", "csv": "metrics.csv",
-                "json": "metrics.json", "png": "report.png", "groups": "muscle_groups.seg.nrrd"}
-
-
-def export_sarcopenia(out_dir: str | Path, image: Image, result: SarcopeniaResult, *, overwrite: bool = False,
-                      extra: dict[str, Any] | None = None) -> list[Path]:
-    """Write a result into ``out_dir`` and return the files written.
-
-    Files (:data:`OUTPUT_FILES`): ``segmentation.seg.nrrd`` (Slicer), ``segmentation.dcm`` (DICOM-SEG, only
-    when ``image`` was read from DICOM: it references the CT's instances), ``metrics.csv`` (one row per slice
-    plus the mean row, units in the header), ``metrics.json`` (rows, units, and :meth:`SarcopeniaResult.describe`
-    with ``extra`` merged in), ``report.png`` (:func:`mskseg.sarcopenia.report.write_sarcopenia_report`), and
-    ``muscle_groups.seg.nrrd`` when muscle groups were segmented. Nothing is written when any of these files
-    exists and ``overwrite`` is False (all are checked before the first is written).
-    """
-    from ..io.segnrrd import write_seg_nrrd
-    from ..io.writers import write_metrics_csv, write_metrics_json
-    from .report import write_sarcopenia_report
-
-    out = Path(out_dir)
-    formats = ["seg.nrrd", "csv", "json"]
-    if image.metadata.get("source_files"):
-        formats.insert(1, "dicom-seg")
-    others = ["png"] + (["groups"] if result.group_labelmap is not None and result.group_labels else [])
-    clashes = [str(out / OUTPUT_FILES[f]) for f in formats + others if (out / OUTPUT_FILES[f]).exists()]
-    if clashes and not overwrite:
-        raise OutputExistsError(f"output files already exist: {', '.join(clashes)}",
-                                "choose another output folder or pass --overwrite")
-    # The writers one by one (not export_result): each check of a full-size label map costs about a second
-    # on a 512 x 512 x 300 CT, and export_result would check it once more.
-    out.mkdir(parents=True, exist_ok=True)
-    written = [write_seg_nrrd(out / OUTPUT_FILES["seg.nrrd"], result.labelmap, result.labels, source=image,
-                              overwrite=overwrite)]
-    if "dicom-seg" in formats:
-        from ..io.dicomseg import write_dicom_seg
-
-        try:
-            written.append(write_dicom_seg(out / OUTPUT_FILES["dicom-seg"], result.labelmap, result.labels, image,
-                                           overwrite=overwrite, series_description="MSKSeg body composition",
-                                           content_label="BODYCOMP",
-                                           content_description=f"body composition at {result.l3.level}"))
-        except OutputExistsError:
-            raise
-        except Exception as error:  # e.g. source files whose headers highdicom cannot use: keep the other files
-            result.warnings.append(f"DICOM-SEG was not written ({type(error).__name__}: {error}); the "
-                                   ".seg.nrrd holds the same segmentation")
-    rows = flat_rows(result.rows)
-    written.append(write_metrics_csv(out / OUTPUT_FILES["csv"], rows, overwrite=overwrite, units=result.units))
-    written.append(write_metrics_json(out / OUTPUT_FILES["json"], {**(extra or {}), **result.describe(),
-                                                                  "units": result.units, "rows": result.rows},
-                                      overwrite=overwrite))
-    if "groups" in others:
-        written.append(write_seg_nrrd(out / OUTPUT_FILES["groups"], result.group_labelmap, result.group_labels,
-                                      source=image, overwrite=overwrite))
-    written.append(write_sarcopenia_report(out / OUTPUT_FILES["png"], image, result, overwrite=overwrite))
-    return written
 
 
 def flat_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

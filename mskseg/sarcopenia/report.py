@@ -14,6 +14,7 @@ Three panels on a 16:9 page:
 from __future__ import annotations
 
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +61,16 @@ def write_sarcopenia_report(path: str | Path, image: Image, result: Any, overwri
     grid = fig.add_gridspec(1, 3, width_ratios=[1.2, 0.62, 1.0], left=0.01, right=0.99, top=0.90, bottom=0.02,
                             wspace=0.04)
     l3 = result.l3
-    k = int(l3.index)
     row = result.headline_row() if hasattr(result, "headline_row") else (result.rows[-1] if result.rows else {})
-    _axial_panel(fig.add_subplot(grid[0, 0]), image, result, k, row)
-    _sagittal_panel(fig.add_subplot(grid[0, 1]), image, result, k)
+    # Pictures in radiological convention: drawn from the canonical orientation of the run (anterior up, the
+    # patient's right on the image's left, head up), whatever the storage orientation; texts name the slice
+    # as stored.
+    view = getattr(result, "canonical", None)
+    picture, drawn = (view.image, replace(result, labelmap=view.labelmap, slices=view.slices, l3=view.l3)) \
+        if view is not None else (image, result)
+    k = int(drawn.l3.index)
+    _axial_panel(fig.add_subplot(grid[0, 0]), picture, drawn, k, row, stored_k=int(l3.index))
+    _sagittal_panel(fig.add_subplot(grid[0, 1]), picture, drawn, k)
     _table_panel(fig.add_subplot(grid[0, 2]), image, result, row)
     series = str(image.metadata.get("SeriesDescription") or "").strip()
     where = "the slice chosen by the user" if str(getattr(l3, "method", "")) == "user" else \
@@ -77,7 +84,7 @@ def write_sarcopenia_report(path: str | Path, image: Image, result: Any, overwri
 
 
 # --------------------------------------------------------------------------------------------- panels
-def _axial_panel(ax, image: Image, result: Any, k: int, row: dict[str, Any]) -> None:
+def _axial_panel(ax, image: Image, result: Any, k: int, row: dict[str, Any], stored_k: int | None = None) -> None:
     from matplotlib.patches import Patch, Rectangle
 
     hu = np.asarray(image.array[k], dtype=np.float32)
@@ -106,7 +113,9 @@ def _axial_panel(ax, image: Image, result: Any, k: int, row: dict[str, Any]) -> 
     ax.axis("off")
     position = getattr(result.l3, "position_mm", None)
     user = str(getattr(result.l3, "method", "")) == "user"
-    ax.set_title((f"Slice {k}, chosen by the user" if user else f"{getattr(result.l3, 'level', 'L3')}: slice {k}") +
+    shown = k if stored_k is None else stored_k
+    ax.set_title((f"Slice {shown}, chosen by the user" if user else
+                  f"{getattr(result.l3, 'level', 'L3')}: slice {shown}") +
                  (f"  (z = {position:.1f} mm)" if position is not None else "") +
                  (f", slab of {len(result.slices)} slices" if len(result.slices) > 1 else ""),
                  color="white", fontsize=12, loc="left")

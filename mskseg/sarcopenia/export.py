@@ -1,0 +1,64 @@
+"""Writing a body-composition result: segmentation (.seg.nrrd, DICOM-SEG), metrics (CSV, JSON) and the report."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import OutputExistsError
+from ..image import Image
+from .pipeline import SarcopeniaResult, flat_rows
+
+#: File names :func:`export_sarcopenia` writes (muscle groups, when measured, are segments of the segmentation).
+OUTPUT_FILES = {"seg.nrrd": "segmentation.seg.nrrd", "dicom-seg": "segmentation.dcm", "csv": "metrics.csv",
+                "json": "metrics.json", "png": "report.png"}
+
+
+def export_sarcopenia(out_dir: str | Path, image: Image, result: SarcopeniaResult, *, overwrite: bool = False,
+                      extra: dict[str, Any] | None = None) -> list[Path]:
+    """Write a result into ``out_dir`` and return the files written.
+
+    Files (:data:`OUTPUT_FILES`): ``segmentation.seg.nrrd`` (Slicer; muscle groups, when measured, are its
+    segments 5-7), ``segmentation.dcm`` (DICOM-SEG, only when ``image`` was read from DICOM: it references the
+    CT's instances), ``metrics.csv`` (one row per slice plus the mean row, units in the header),
+    ``metrics.json`` (rows, units, and :meth:`SarcopeniaResult.describe` with ``extra`` merged in),
+    ``report.png`` (:func:`mskseg.sarcopenia.report.write_sarcopenia_report`, in radiological convention).
+    Nothing is written when any of these files exists and ``overwrite`` is False (all are checked before the
+    first is written).
+    """
+    from ..io.segnrrd import write_seg_nrrd
+    from ..io.writers import write_metrics_csv, write_metrics_json
+    from .report import write_sarcopenia_report
+
+    out = Path(out_dir)
+    formats = ["seg.nrrd", "csv", "json"]
+    if image.metadata.get("source_files"):
+        formats.insert(1, "dicom-seg")
+    clashes = [str(out / OUTPUT_FILES[f]) for f in formats + ["png"] if (out / OUTPUT_FILES[f]).exists()]
+    if clashes and not overwrite:
+        raise OutputExistsError(f"output files already exist: {', '.join(clashes)}",
+                                "choose another output folder or pass --overwrite")
+    # The writers one by one (not export_result): each check of a full-size label map costs about a second
+    # on a 512 x 512 x 300 CT, and export_result would check it once more.
+    out.mkdir(parents=True, exist_ok=True)
+    written = [write_seg_nrrd(out / OUTPUT_FILES["seg.nrrd"], result.labelmap, result.labels, source=image,
+                              overwrite=overwrite)]
+    if "dicom-seg" in formats:
+        from ..io.dicomseg import write_dicom_seg
+
+        try:
+            written.append(write_dicom_seg(out / OUTPUT_FILES["dicom-seg"], result.labelmap, result.labels, image,
+                                           overwrite=overwrite, series_description="MSKSeg body composition",
+                                           content_label="BODYCOMP",
+                                           content_description=f"body composition at {result.l3.level}"))
+        except OutputExistsError:
+            raise
+        except Exception as error:  # e.g. source files whose headers highdicom cannot use: keep the other files
+            result.warnings.append(f"DICOM-SEG was not written ({type(error).__name__}: {error}); the "
+                                   ".seg.nrrd holds the same segmentation")
+    rows = flat_rows(result.rows)
+    written.append(write_metrics_csv(out / OUTPUT_FILES["csv"], rows, overwrite=overwrite, units=result.units))
+    written.append(write_metrics_json(out / OUTPUT_FILES["json"], {**(extra or {}), **result.describe(),
+                                                                  "units": result.units, "rows": result.rows},
+                                      overwrite=overwrite))
+    written.append(write_sarcopenia_report(out / OUTPUT_FILES["png"], image, result, overwrite=overwrite))
+    return written
