@@ -14,7 +14,8 @@ slicer = pytest.importorskip("slicer", reason="needs the pip package slicer-core
 if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("the installed 'slicer' package has no vtkMRMLScene (install slicer-core)", allow_module_level=True)
 
-from mskseg import app, mrml  # noqa: E402
+from mskseg import mrml  # noqa: E402
+from mskseg.sarcopenia import scene as app  # noqa: E402  (the Slicer functions of the sarcopenia task)
 from mskseg.errors import InvalidImageError  # noqa: E402
 
 TISSUES = ["skeletal_muscle", "subcutaneous_fat", "visceral_fat", "intermuscular_fat"]

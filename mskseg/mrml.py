@@ -22,7 +22,7 @@ import json
 import math
 import numbers
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -136,6 +136,34 @@ def volume_node_to_image(node: slicer.vtkMRMLScalarVolumeNode, ndim: int | None 
     if ndim == 2:
         array = array[0]
     return Image(np.array(array, copy=True), geometry.spacing, geometry.origin, geometry.direction, metadata)
+
+
+# --------------------------------------------------------------------------------------------- node attributes
+def node_name(node) -> str:
+    """The node's name (``"(none)"`` for no node)."""
+    return _node_name(node)
+
+
+def node_id(node) -> str:
+    """The node's ID in its scene (e.g. ``vtkMRMLTableNode1``)."""
+    return str(node.GetID())
+
+
+def set_attributes(node, values: Mapping[str, Any], prefix: str = "") -> None:
+    """Keep ``values`` on ``node`` as string attributes ``prefix + key`` (saved with the scene)."""
+    for key, value in values.items():
+        node.SetAttribute(prefix + key, str(value))
+
+
+def attributes(node, prefix: str) -> dict[str, str]:
+    """The attributes of ``node`` whose name starts with ``prefix``, keyed by the rest of the name."""
+    names = node.GetAttributeNames() or ()
+    return {name[len(prefix):]: node.GetAttribute(name) for name in names if name.startswith(prefix)}
+
+
+def segment_count(segmentation_node: slicer.vtkMRMLSegmentationNode | None) -> int:
+    """Number of segments in ``segmentation_node`` (0 for no node)."""
+    return 0 if segmentation_node is None else int(segmentation_node.GetSegmentation().GetNumberOfSegments())
 
 
 # --------------------------------------------------------------------------------------------- segmentations

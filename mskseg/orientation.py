@@ -15,6 +15,7 @@ back exactly. An oblique grid is taken by its dominant axes; its remaining rotat
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,19 +84,17 @@ class Reorientation:
 def reorientation_of(image: Image) -> Reorientation:
     """The :class:`Reorientation` that brings ``image`` (3D) to the canonical layout.
 
+    Each index axis is assigned the patient axis it is closest to, one to one (of the six assignments, the one
+    with the largest sum of direction cosines: a grid rotated by exactly 45 degrees still gets one).
+
     Raises:
-        InvalidImageError: for a 2D image, or a direction matrix whose index axes do not map one to one onto the
-            patient axes (two index axes closest to the same patient axis).
+        InvalidImageError: for a 2D image.
     """
     if image.ndim != 3:
         raise InvalidImageError(f"a volume is needed; this image is {image.ndim}D with shape {image.array.shape}")
     d = np.asarray(image.direction, float)
     # index axis c (0 = i, 1 = j, 2 = k) is closest to LPS axis patient_axis[c]
-    patient_axis = [int(np.argmax(np.abs(d[:, c]))) for c in range(3)]
-    if sorted(patient_axis) != [0, 1, 2]:
-        raise InvalidImageError(
-            f"the direction matrix {np.round(d, 3).tolist()} maps two voxel axes onto the same patient axis",
-            "check the image header (NRRD 'space directions', NIfTI sform/qform, DICOM ImageOrientationPatient)")
+    patient_axis = max(itertools.permutations(range(3)), key=lambda p: sum(abs(d[p[c], c]) for c in range(3)))
     index_axis_of = {patient_axis[c]: c for c in range(3)}  # LPS axis -> index axis
     # canonical numpy axis a holds LPS axis 2 - a (k = z, j = y, i = x); index axis c is numpy axis 2 - c
     source_axes = tuple(2 - index_axis_of[2 - a] for a in range(3))

@@ -268,6 +268,39 @@ def run_sarcopenia(
         timings=dict(runner.timings), canonical=view)
 
 
+def find_level(image: Image, *, device: str = "auto", allow_fallback: bool = False, progress: Progress | None = None,
+               cancel_token: CancelToken | None = None):
+    """The ``locate`` step alone (Slicer's Find L3): check the CT, find L3 on its canonical orientation, and
+    return the ``L3Result`` with slice indices counted along the stored axial axis.
+
+    Raises:
+        InvalidImageError: not a CT volume that can hold L3; L3NotFoundError: L3 is outside the field of view.
+    """
+    from . import l3 as l3_module
+
+    check_ct(image)
+    canon, how = to_canonical(image)
+    l3_module.check_ct_for_l3(canon)
+    found = l3_module.detect_l3(canon, device=device, progress=progress, cancel_token=cancel_token,
+                                allow_fallback=allow_fallback)
+    return level_to_source(found, how)
+
+
+def measure_labelmap(image: Image, labelmap: Image, labels: Labels, centre: int, slab: int, patient: Any,
+                     settings: Any, cutoff_set: str, **kwargs: Any):
+    """The ``measure`` step alone, on a label map the user may have edited (Slicer's Measure).
+
+    ``centre`` is the slice counted along the stored axial axis; the ``slab`` slices centred on it are
+    measured on the canonical orientation, and slice numbers in the result are mapped back. ``kwargs`` (level,
+    method, slice_source) are passed on to the metrics.
+    """
+    canon, how = to_canonical(image)
+    canon_labels = canon.with_array(how.to_canonical(labelmap.array), keep_metadata=False)
+    slices, _ = slab_slices(how.canonical_slice(int(centre)), max(int(slab), 1), canon.array.shape[0])
+    return measure_slab(canon, canon_labels, labels, slices, patient, settings, cutoff_set,
+                        to_source=how.source_slice, **kwargs)
+
+
 def paint_muscle_groups(labelmap: Image, labels: Labels, group_labelmap: Image,
                         group_labels: Labels) -> tuple[Image, Labels]:
     """Muscle groups (psoas, paraspinal, abdominal wall) painted over the muscle pixels they cover.
@@ -322,6 +355,20 @@ def slice_position_mm(image: Image, index: int) -> float:
     """LPS z (mm) of the centre of axial slice ``index`` of a volume ``(K, J, I)``."""
     centre = [(image.size[0] - 1) / 2.0, (image.size[1] - 1) / 2.0, float(index)]
     return float(image.index_to_physical(centre)[2])
+
+
+def slice_position_along_axial_axis(image: Image, index: int) -> float:
+    """LPS z (mm) of slice ``index`` counted along the stored volume's axial axis (any storage orientation)."""
+    canon, how = to_canonical(image)
+    return slice_position_mm(canon, how.canonical_slice(int(index)))
+
+
+def busiest_slice(image: Image, labelmap: Image) -> int | None:
+    """The axial slice (counted along the stored axial axis) with the most labelled voxels; None when empty."""
+    how = to_canonical(image)[1]
+    labelled = how.to_canonical(np.asarray(labelmap.array)) != 0
+    counts = np.count_nonzero(labelled.reshape(labelled.shape[0], -1), axis=1)
+    return how.source_slice(int(np.argmax(counts))) if counts.any() else None
 
 
 def slab_slices(centre: int, slab: int, n_slices: int) -> tuple[list[int], bool]:

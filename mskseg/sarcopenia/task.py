@@ -23,7 +23,7 @@ TASK = Task(
     options_from_args=options_from_args,
     slicer={name: lazy_function(_SCENE, name) for name in
             ("process", "find_l3", "describe_l3", "segment_body_composition", "measure_body_composition",
-             "export_results", "list_model_cards", "device_report")},
+             "export_results", "list_model_cards", "device_report", "load_result")},
     slicer_module="SarcopeniaSeg",
     model_task="sarcopenia",
 )
