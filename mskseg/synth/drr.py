@@ -46,7 +46,6 @@ Conventions (``DRRSample.meta`` records them for every image):
 """
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable
@@ -54,6 +53,7 @@ from typing import Any, Iterable
 import numpy as np
 from scipy import ndimage
 
+from ..anatomy import vertebra_from_name, vertebra_order
 from ..errors import InvalidImageError, MSKSegError
 from ..image import Image
 
@@ -74,8 +74,6 @@ _CT_KEV = 70.0  # effective energy at which CT numbers are defined (120 kVp scan
 _TITANIUM_RATIO = 14.0
 _COCR_RATIO = 45.0
 
-_VERTEBRA_NAME = re.compile(r"^(?:vertebrae?_)?([CTL])(\d{1,2})$|^(?:vertebrae?_)?(S1)$", re.IGNORECASE)
-_REGION_RANK = {"C": 0, "T": 100, "L": 200, "S": 300}
 
 _PATIENT_ORIENTATION = {("frontal", "left"): "L\\F", ("frontal", "right"): "L\\F",
                         ("lateral", "left"): "P\\F", ("lateral", "right"): "A\\F"}
@@ -546,14 +544,11 @@ def lps_to_pixel(sample: DRRSample | dict[str, Any], points_lps: np.ndarray) -> 
 def vertebra_rank(name: str) -> int | None:
     """Craniocaudal rank of a vertebra label name (``C1`` < ... < ``T12`` < ``L1`` < ... < ``S1``), else None.
 
-    Accepts ``L3``, ``vertebrae_L3`` and ``vertebra_L3`` (any case).
+    Accepts ``L3``, ``vertebrae_L3`` and ``vertebra_L3`` (any case); the rank is the order of
+    :data:`mskseg.anatomy.VERTEBRAE`.
     """
-    m = _VERTEBRA_NAME.match(name.strip())
-    if not m:
-        return None
-    if m.group(3):
-        return _REGION_RANK["S"] + 1
-    return _REGION_RANK[m.group(1).upper()] + int(m.group(2))
+    found = vertebra_from_name(name)
+    return None if found is None else vertebra_order(found)
 
 
 def is_vertebra_name(name: str) -> bool:
@@ -639,7 +634,7 @@ class _Shell:
 def _pedicle_screws(bodies: dict[str, np.ndarray], rng: np.random.Generator
                     ) -> tuple[list[_Capsule | _Shell], dict[str, Any]] | None:
     """Bilateral pedicle screws in 2-4 adjacent thoracolumbar vertebrae joined by two rods (LPS mm)."""
-    levels = sorted((n for n in bodies if (vertebra_rank(n) or 0) > _REGION_RANK["T"] + 8), key=vertebra_rank)
+    levels = sorted((n for n in bodies if (vertebra_rank(n) or 0) > vertebra_order("T8")), key=vertebra_rank)
     if len(levels) < 2:
         return None
     count = int(min(len(levels), rng.integers(2, 5)))

@@ -38,6 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
+from ..anatomy import vertebra_names
 from ..errors import InvalidImageError
 from ..image import Image
 from .artifacts import outside_fov, simulate_scan
@@ -74,8 +75,7 @@ _INTERNAL: dict[int, tuple[int, str]] = {  # value -> (reported value, tissue ke
 #: Margin (mm) added around the label map in-plane so that the added body wall fits.
 _BODY_PAD_MM = 60.0
 
-_VERTEBRA_ORDER = [f"C{i}" for i in range(1, 8)] + [f"T{i}" for i in range(1, 13)] + \
-    [f"L{i}" for i in range(1, 7)] + ["S1"]
+_VERTEBRA_ORDER = vertebra_names("C1", "S1", include=("L6",))
 
 
 # --------------------------------------------------------------------------------------------------- params
