@@ -130,6 +130,13 @@ def vertebra_from_name(name: str) -> str | None:
     return candidate if candidate in _BY_NAME else None
 
 
+def label_order(name: str) -> int | None:
+    """Cranio-caudal order (:func:`vertebra_order`) of a label name that names a vertebra (``vertebrae_L3``,
+    ``vertebra_l3``, ``L3`` ...); None for any other name (``liver``, ``sacrum``)."""
+    found = vertebra_from_name(name)
+    return None if found is None else vertebra_order(found)
+
+
 def totalseg_name(name: str) -> str:
     """TotalSegmentator class name of a vertebra: ``"L3"`` -> ``"vertebrae_L3"``."""
     return TOTALSEG_PREFIX + vertebra(name).name
