@@ -143,13 +143,14 @@ def _regular_junctions(junction: np.ndarray, z_mm: np.ndarray, valid: np.ndarray
 
 
 def rule_based_levels(image: Image) -> RuleLevels:
-    """Count the vertebral levels with anatomical rules alone (no network): the cross-check of :func:`detect_l3`.
+    """Count the vertebral levels with anatomical rules alone (no network): the cross-check of
+    :func:`mskseg.spine.levels.find_vertebra_levels`.
 
     Steps: bone mask with a threshold adapted to the bone density; per slice, the spinal column = the largest
     bone component near the body's midline, posterior to its centre; a centreline smoothed robustly (median
     filters, outlier rejection, Gaussian); the bone profile along it (mean of HU above 100 in a box on the
     vertebral body) whose departures from the body plateau (dark disc, bright endplates) mark the junctions, taken
-    as the most regular strong sequence (:func:`_regular_junctions`; robust to low bone density, where the disc
+    as the most regular strong sequence (``_regular_junctions``; robust to low bone density, where the disc
     is hardly darker than the body); the sacrum (wide spine bone with iliac bone at its sides, over at least
     20 mm) as the inferior anchor; ribs (long bone components whose medial end lies
     beside the spine) and the lowest vertebra they attach to as the superior anchor. L1..L5 are counted from both.
@@ -161,17 +162,42 @@ def rule_based_levels(image: Image) -> RuleLevels:
         :class:`RuleLevels`.
 
     Raises:
-        LevelNotFoundError: no spinal column or fewer than two discs were found, or neither anchor is in the field of
-            view, so nothing can be counted.
+        LevelNotFoundError: no spinal column or fewer than two discs were found, or neither anchor is in the
+            field of view, so nothing can be counted.
     """
     can = canonical(image)
     vol, px, py = _downsampled(can, 2.0)
-    nz, ny, nx = vol.shape
     z_mm = can.z_mm
     dz = abs(float(can.spacing[2]))
-    xs = np.arange(nx) * px
-    ys = np.arange(ny) * py
-    # --- body and a first bone mask
+    cx, cy, threshold = _body_centre_and_bone_threshold(vol, px, py)
+    column = _spinal_column(vol > threshold, cx, cy, px, py)
+    x_s, y_s = column["x"], column["y"]
+    valid = ~np.isnan(x_s)
+    if valid.sum() < max(5, int(40 / dz)):
+        raise LevelNotFoundError("no spinal column was found in the image", "load a CT of the abdomen with the spine "
+                                 "in the field of view")
+    win = int(round(31.0 / dz))
+    xc = _robust_smooth(x_s, valid, win, 8.0 / dz, 8.0)
+    yc = _robust_smooth(y_s, valid, win, 8.0 / dz, 8.0)
+    discs = _disc_junctions(vol, xc, yc, px, py, dz, z_mm, valid)
+    if len(discs) < 2:
+        raise LevelNotFoundError("the rule-based count found fewer than two intervertebral discs",
+                                 "the spine may be outside the field of view or hidden by metal")
+    bodies = [0.5 * (a + b) for a, b in zip(discs[:-1], discs[1:])]
+    sacrum_top = _sacrum_top(column["width"], column["iliac"], dz, z_mm)
+    rib_heads = _rib_heads(vol, threshold, xc, yc, px, py, dz, z_mm, sacrum_top)
+    return _count_levels(discs, bodies, rib_heads, sacrum_top, threshold)
+
+
+def _z_at(index: float, z_mm: np.ndarray) -> float:
+    """z (mm) at a continuous canonical slice index."""
+    return float(np.interp(index, np.arange(len(z_mm)), z_mm))
+
+
+def _body_centre_and_bone_threshold(vol: np.ndarray, px: float, py: float) -> tuple[float, float, float]:
+    """The body's centre ``(cx, cy)`` mm in the (Z, Y, X) volume and a bone threshold (HU) adapted to the density
+    of the spine's cancellous bone (between soft tissue and it, 180..250 HU)."""
+    nz = vol.shape[0]
     body_xy = vol[:: max(1, nz // 40)].mean(axis=0) > -400
     if body_xy.sum() < 50:
         raise LevelNotFoundError("no body was found in the image (nothing above -400 HU)", "load a CT of the abdomen")
@@ -182,8 +208,20 @@ def rule_based_levels(image: Image) -> RuleLevels:
     bright = core[core > 120]
     cancellous = float(np.percentile(bright, 40)) if bright.size > 100 else 250.0
     threshold = float(np.clip(0.5 * (cancellous + 60.0), 180.0, 250.0))
-    bone = vol > threshold
-    # --- spinal column per slice
+    return cx, cy, threshold
+
+
+def _spinal_column(bone: np.ndarray, cx: float, cy: float, px: float, py: float) -> dict[str, np.ndarray]:
+    """Per slice of the (Z, Y, X) bone mask: the spinal column = the largest bone component near the body's
+    midline, posterior to its centre.
+
+    Returns:
+        ``{"x", "y"}``: (Z,) mm of the vertebral body (the anterior half of the column's bone; NaN where there is
+        none), ``"width"``: (Z,) mm of the column's bone, ``"iliac"``: (Z,) bool, large bone areas on both sides.
+    """
+    nz, ny, nx = bone.shape
+    xs = np.arange(nx) * px
+    ys = np.arange(ny) * py
     x_s = np.full(nz, np.nan)
     y_s = np.full(nz, np.nan)
     width = np.zeros(nz)
@@ -212,14 +250,13 @@ def rule_based_levels(image: Image) -> RuleLevels:
         left = lateral[:, xs > x_s[z]].sum() * px * py
         right = lateral[:, xs <= x_s[z]].sum() * px * py
         iliac[z] = min(left, right) > 250.0
-    valid = ~np.isnan(x_s)
-    if valid.sum() < max(5, int(40 / dz)):
-        raise LevelNotFoundError("no spinal column was found in the image", "load a CT of the abdomen with the spine "
-                              "in the field of view")
-    win = int(round(31.0 / dz))
-    xc = _robust_smooth(x_s, valid, win, 8.0 / dz, 8.0)
-    yc = _robust_smooth(y_s, valid, win, 8.0 / dz, 8.0)
-    # --- bone profile along the centreline
+    return {"x": x_s, "y": y_s, "width": width, "iliac": iliac}
+
+
+def _disc_junctions(vol: np.ndarray, xc: np.ndarray, yc: np.ndarray, px: float, py: float, dz: float,
+                    z_mm: np.ndarray, valid: np.ndarray) -> list[float]:
+    """z (mm, superior first) of the junctions between vertebral bodies along the centreline ``(xc, yc)`` (Z,)."""
+    nz = vol.shape[0]
     profile = np.zeros(nz)
     hx, hy = max(1, int(round(10.0 / px))), max(1, int(round(8.0 / py)))
     for z in range(nz):
@@ -233,16 +270,17 @@ def rule_based_levels(image: Image) -> RuleLevels:
     plateau = ndimage.median_filter(profile, size=max(3, int(round(21.0 / dz)) | 1), mode="nearest")
     junction = ndimage.gaussian_filter1d(np.abs(profile - plateau), sigma=max(4.5 / dz, 0.5), mode="nearest")
     discs = _regular_junctions(junction, z_mm, valid)
-    if len(discs) < 2:
-        raise LevelNotFoundError("the rule-based count found fewer than two intervertebral discs",
-                              "the spine may be outside the field of view or hidden by metal")
-    bodies = [0.5 * (a + b) for a, b in zip(discs[:-1], discs[1:])]
-    z_of = lambda z: float(np.interp(z, np.arange(nz), z_mm))  # noqa: E731
-    # --- sacrum
-    # the longest run of slices where the spine's bone is wide with iliac bone at both sides: sacrum, alae and
-    # ilia (with the pelvic ring below); ribs joining the spine on a thoracic slice make only short runs. Its top
-    # slice is the top of the sacrum. Sacrum and ilia merged into one component (> 150 mm) are preferred; where
-    # the sacro-iliac joints keep them apart, sacral alae wider than a lumbar body (> 80 mm) are taken.
+    return discs
+
+
+def _sacrum_top(width: np.ndarray, iliac: np.ndarray, dz: float, z_mm: np.ndarray) -> float | None:
+    """z (mm) of the top of the sacrum, None when it is not in the field of view.
+
+    The longest run of slices where the spine's bone is wide with iliac bone at both sides: sacrum, alae and
+    ilia (with the pelvic ring below); ribs joining the spine on a thoracic slice make only short runs. Its top
+    slice is the top of the sacrum. Sacrum and ilia merged into one component (> 150 mm) are preferred; where
+    the sacro-iliac joints keep them apart, sacral alae wider than a lumbar body (> 80 mm) are taken.
+    """
     sacrum_top = None
     for min_width in (150.0, 80.0):
         wide = ndimage.median_filter(((width > min_width) & iliac).astype(np.uint8), size=3, mode="nearest") > 0
@@ -252,10 +290,18 @@ def rule_based_levels(image: Image) -> RuleLevels:
         longest = max(range(1, n_runs + 1), key=lambda r: int(np.sum(runs == r)))
         idx = np.nonzero(runs == longest)[0]
         if len(idx) * dz >= 20.0:
-            sacrum_top = z_of(idx.max() + 0.5)
+            sacrum_top = _z_at(idx.max() + 0.5, z_mm)
             break
-    # --- ribs: 3D bone components beside the spine, long, whose medial end is near the spine
-    last_rib = None
+    return sacrum_top
+
+
+def _rib_heads(vol: np.ndarray, threshold: float, xc: np.ndarray, yc: np.ndarray, px: float, py: float,
+               dz: float, z_mm: np.ndarray, sacrum_top: float | None) -> list[float]:
+    """z (mm) of the medial ends of the ribs: 3D bone components beside the spine, long, whose medial end is near
+    the spine (a rib touching an enhancing kidney or bowel is re-split on denser bone; iliac wings are left out)."""
+    nz, ny, nx = vol.shape
+    xs = np.arange(nx) * px
+    ys = np.arange(ny) * py
     rib_bodies: list[float] = []
     dist_x = np.abs(xs[None, :] - xc[:, None])  # (Z, X)
     # ribs are thin: at 2 mm pixels their partial-volumed cortex needs a lower threshold to stay connected
@@ -292,13 +338,21 @@ def rule_based_levels(image: Image) -> RuleLevels:
         if float(np.percentile(vol[sl][part], 95)) < 500.0:  # no cortical bone: contrast-filled organ
             continue
         medial = d <= d.min() + 8.0
-        medial_z = z_of(float(zz[medial].mean()))
-        if sacrum_top is not None and (z_of(float(zz.min())) < sacrum_top or medial_z < sacrum_top + 40.0):
+        medial_z = _z_at(float(zz[medial].mean()), z_mm)
+        if sacrum_top is not None and (_z_at(float(zz.min()), z_mm) < sacrum_top or medial_z < sacrum_top + 40.0):
             continue  # an iliac wing, not a rib
-        lateral_z = z_of(float(zz[d >= d.max() - 15.0].mean()))
+        lateral_z = _z_at(float(zz[d >= d.max() - 15.0].mean()), z_mm)
         if lateral_z > medial_z + 5.0:
             continue  # rises away from the spine: an iliac wing (ribs descend from their head)
         rib_bodies.append(medial_z)
+    return rib_bodies
+
+
+def _count_levels(discs: list[float], bodies: list[float], rib_bodies: list[float], sacrum_top: float | None,
+                  threshold: float) -> RuleLevels:
+    """Name the vertebral bodies from the last rib-bearing one (T12) or, without it, from the sacrum (L5 above
+    it), and compare the two counts."""
+    last_rib = None
     warnings: list[str] = []
     if rib_bodies and bodies:
         lowest_rib = min(rib_bodies)

@@ -23,7 +23,7 @@ not proof of normal anatomy. :func:`anchor_findings` reports where the rule-base
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from scipy import ndimage
@@ -293,8 +293,20 @@ def transitional_findings(image: Image, levels_mm: dict[str, float], proj: BoneP
         return findings, measured
     scale = min(1.0, density / DENSITY_REF_HU)
     rib_hu, ala_hu = max(RIB_MIN_HU, RIB_HU * scale), max(ALA_MIN_HU, ALA_HU * scale)
+    if density >= RIB_MIN_DENSITY_HU:
+        findings += _rib_findings(can, levels_mm, height, cx, body_at, rib_hu, last_rib_mm, measured)
+    findings += _sacral_findings(can, levels_mm, cx, body, body_at, ala_hu, density, measured)
+    return findings, measured
+
+
+def _rib_findings(can: Canonical, levels_mm: dict[str, float], height: float, cx: float,
+                  body_at: Callable[[str], float | None], rib_hu: float, last_rib_mm: float | None,
+                  measured: dict[str, Any]) -> list[str]:
+    """11 or 13 rib pairs from how far bone beside T11, T12 and L1 reaches (adds the reaches to ``measured``)."""
+    findings: list[str] = []
+    z_lo, z_hi = float(can.z_mm.min()), float(can.z_mm.max())
     reach: dict[str, tuple[float, float]] = {}
-    for name in ("T11", "T12", "L1") if density >= RIB_MIN_DENSITY_HU else ():
+    for name in ("T11", "T12", "L1"):
         z = levels_mm.get(name)
         if z is None or z - 0.35 * height < z_lo or z + 0.5 * height > z_hi:
             continue
@@ -310,6 +322,15 @@ def transitional_findings(image: Image, levels_mm: dict[str, float], proj: BoneP
         anchor_on_l1 = last_rib_mm is not None and abs(last_rib_mm - levels_mm["L1"]) < 0.35 * height
         if min(reach["L1"]) >= LUMBAR_RIB_MIN_MM or anchor_on_l1:
             findings.append("13 rib pairs: L1 carries ribs")
+    return findings
+
+
+def _sacral_findings(can: Canonical, levels_mm: dict[str, float], cx: float,
+                     body: Callable[[float, float], float | None], body_at: Callable[[str], float | None], ala_hu: float, density: float,
+                     measured: dict[str, Any]) -> list[str]:
+    """Sacralised L5 (alae beside L5) or six lumbar-type vertebrae (a body without alae one vertebra below L5)."""
+    findings: list[str] = []
+    z_lo, z_hi = float(can.z_mm.min()), float(can.z_mm.max())
     if "L5" in levels_mm and "L4" in levels_mm:
         gap = levels_mm["L4"] - levels_mm["L5"]
         z5 = levels_mm["L5"]
@@ -330,4 +351,4 @@ def transitional_findings(image: Image, levels_mm: dict[str, float], proj: BoneP
                         and not any(f.startswith("sacralised") for f in findings):
                     findings.append("six lumbar-type vertebrae: a mobile vertebra without sacral alae lies "
                                     "between L5 and the sacrum")
-    return findings, measured
+    return findings
