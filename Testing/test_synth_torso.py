@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mskseg.anatomy import vertebra_names
 from mskseg.synth.phantom import FAT_WINDOW, MUSCLE_WINDOW
 from mskseg.synth.tissues import sample_scan_params
-from mskseg.anatomy import vertebra_names
 from mskseg.synth.torso import (
     ANATOMY_LABELS,
     FOV_PRESETS,
