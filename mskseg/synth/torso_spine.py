@@ -185,6 +185,11 @@ def _vertebra_geometry(v: PlannedVertebra, fr: float) -> dict[str, float]:
     return {"ca": ca, "cb": cb, "tp": tp * fr, "vc": v.b + cb + 1.5 * fr}
 
 
+def _vertebra_frame(v: PlannedVertebra, fr: float, x: float) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Canal geometry, rotation (tilt) and body centre ``(x, y, z)`` mm of a planned vertebra at left-right ``x``."""
+    return _vertebra_geometry(v, fr), _tilt_rot(v.tilt), np.array([x, v.y, v.z])
+
+
 def draw_spine(rng: np.random.Generator, m: TorsoMaps, verts: list[PlannedVertebra], st: dict[str, Any]) -> None:
     """Discs, vertebral bodies, posterior elements, sacrum and coccyx, spinal canal and cord."""
     g = m.g
@@ -220,9 +225,7 @@ def draw_spine(rng: np.random.Generator, m: TorsoMaps, verts: list[PlannedVerteb
     for v in verts:
         if v.z + v.h + 60 < zmin or v.z - v.h - 60 > zmax:
             continue
-        geo = _vertebra_geometry(v, fr)
-        rot = _tilt_rot(v.tilt)
-        C = np.array([xs(v.z), v.y, v.z])
+        geo, rot, C = _vertebra_frame(v, fr, xs(v.z))
         P = lambda lx, lv, lw: C + rot @ np.array([lx, lv, lw])  # noqa: E731
         lab = v.label if v.kind != "coccygeal" else 0
         # body: elliptic cylinder along w with a concave posterior wall and a slight waist
@@ -293,9 +296,7 @@ def draw_spine(rng: np.random.Generator, m: TorsoMaps, verts: list[PlannedVerteb
     for v in mobile:
         if v.z + v.h + 40 < zmin or v.z - v.h - 40 > zmax:
             continue
-        geo = _vertebra_geometry(v, fr)
-        rot = _tilt_rot(v.tilt)
-        C = np.array([xs(v.z), v.y, v.z])
+        geo, rot, C = _vertebra_frame(v, fr, xs(v.z))
         centre = C + rot @ np.array([0.0, geo["vc"], -v.disc * 0.25])
         semi = (geo["ca"], geo["cb"], v.h / 2 + v.disc * 0.75 + 1)
         sl, rho = ellipsoid(g, centre, semi, rot)
@@ -320,9 +321,7 @@ def draw_ribs(rng: np.random.Generator, m: TorsoMaps, verts: list[PlannedVertebr
         if v.ribs <= 0:
             continue
         n = int(v.name[1:]) if v.kind == "thoracic" else 13
-        geo = _vertebra_geometry(v, fr)
-        rot = _tilt_rot(v.tilt)
-        C = np.array([0.0, v.y, v.z])
+        geo, rot, C = _vertebra_frame(v, fr, 0.0)
         lower = n >= 8
         drop = {1: 20, 2: 35}.get(n, 55 if n < 8 else 75 if n < 11 else 45) * fr * rng.uniform(0.8, 1.2)
         if n <= 7:
