@@ -17,6 +17,9 @@ from mskseg.errors import ChecksumError, InvalidImageError
 from mskseg.image import Image
 from mskseg.sarcopenia import l3
 from mskseg.sarcopenia.l3 import L3NotFoundError, check_ct_for_l3, detect_l3, rule_based_levels
+from mskseg.spine.checks import LevelNotFoundError
+from mskseg.spine.geometry import canonical
+from mskseg.spine import transitional
 
 torso = pytest.importorskip("mskseg.synth.torso")
 
@@ -116,7 +119,7 @@ def test_rule_based_count_reports_what_it_found_or_says_why_not():
     sample = _case("abdomen_2.5")
     try:
         rules = rule_based_levels(sample.image)
-    except L3NotFoundError as exc:  # a clear reason, never a crash
+    except LevelNotFoundError as exc:  # a clear reason, never a crash
         assert "rule-based" in exc.message or "spinal column" in exc.message
         return
     assert rules.discs_mm == sorted(rules.discs_mm, reverse=True)
@@ -276,10 +279,10 @@ def test_vertebral_body_found_from_a_broken_low_density_cortex():
     arr[:, (canal >= 9.0) & (canal < 11.0)] = 450
     arr[:, np.hypot(yy - body_y + 35.0, xx - cx - 15.0) < 11.0] = 260  # aorta
     img = Image(arr.astype(np.int16), (sp, sp, 2.5), metadata={"Modality": "CT"})
-    can = l3._canonical(img)
-    found = l3._body_y(can, float(can.z_mm.mean()), 5.0, cx, body_y + 15.0)
+    can = canonical(img)
+    found = transitional.body_y(can, float(can.z_mm.mean()), 5.0, cx, body_y + 15.0)
     assert found is not None
-    assert abs(found[0] - body_y) <= 3.0 and found[1] >= l3.MIN_BODY_RADIUS_MM
+    assert abs(found[0] - body_y) <= 3.0 and found[1] >= transitional.MIN_BODY_RADIUS_MM
 
 
 # ---------------------------------------------------------------------------------------------- real anatomy

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mskseg.anatomy import vertebra_names
 from mskseg.synth.phantom import FAT_WINDOW, MUSCLE_WINDOW
 from mskseg.synth.tissues import sample_scan_params
 from mskseg.synth.torso import (
@@ -17,7 +18,7 @@ from mskseg.synth.torso import (
 )
 
 _A = {name: value for value, name in ANATOMY_LABELS.items()}
-_LEVEL_ORDER = ["C7"] + [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 7)] + ["S1"]
+_LEVEL_ORDER = vertebra_names("C7", "S1", include=("L6",))
 # small and coarse, so a whole torso takes about a second
 _FAST = {"size": 96, "spacing_mm": (4.5, 4.5, 5.0)}
 

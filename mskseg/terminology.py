@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .anatomy import totalseg_name, vertebra, vertebra_names
+
 Code = tuple[str, str, str]  # (coding scheme designator, code value, code meaning)
 
 TISSUE: Code = ("SCT", "85756007", "Tissue")
@@ -51,6 +53,7 @@ def _c(name, display, category, type_code, color, modifier=None) -> SegmentClass
     return SegmentClass(name, display, category, type_code, tuple(color), modifier)
 
 
+#: SNOMED CT code of each vertebra (the names and their order come from :mod:`mskseg.anatomy`).
 _VERTEBRA_CODES = {
     "C1": "14806007", "C2": "39976000", "C3": "113205007", "C4": "5329002", "C5": "36978003",
     "C6": "36054005", "C7": "87391001", "T1": "64864005", "T2": "53733008", "T3": "1626008",
@@ -66,9 +69,9 @@ _RIB_WORDS = ["First", "Second", "Third", "Fourth", "Fifth", "Sixth", "Seventh",
 
 def _vertebra_color(level: str) -> tuple[int, int, int]:
     # Cervical blue-ish, thoracic green-ish, lumbar warm: neighbours always differ.
-    region = level[0]
-    n = int(level[1:])
-    base = {"C": (110, 160, 230), "T": (120, 200, 140), "L": (240, 190, 90)}[region]
+    row = vertebra(level)
+    n = row.number
+    base = {"cervical": (110, 160, 230), "thoracic": (120, 200, 140), "lumbar": (240, 190, 90)}[row.region]
     shift = (n % 3) * 30
     return (min(255, base[0] + shift), max(0, base[1] - shift // 2), min(255, base[2] + shift // 3))
 
@@ -107,9 +110,9 @@ def _build_table() -> dict[str, SegmentClass]:
         _c("inferior_vena_cava", "Inferior vena cava", ANATOMY, ("SCT", "64131007", "Inferior vena cava"), (0, 151, 206)),
         _c("spinal_cord", "Spinal cord", ANATOMY, ("SCT", "2748008", "Spinal cord"), (244, 214, 49)),
     ]
-    for level, code in _VERTEBRA_CODES.items():
-        t.append(_c(f"vertebrae_{level}", f"{level} vertebra", ANATOMY, ("SCT", code, f"{level} vertebra"),
-                    _vertebra_color(level)))
+    for level in vertebra_names("C1", "L5"):
+        t.append(_c(totalseg_name(level), f"{level} vertebra", ANATOMY,
+                    ("SCT", _VERTEBRA_CODES[level], f"{level} vertebra"), _vertebra_color(level)))
     for i, (code, word) in enumerate(zip(_RIB_CODES, _RIB_WORDS), start=1):
         for side, mod, col in (("left", LEFT, (235, 200, 160)), ("right", RIGHT, (215, 180, 140))):
             shade = (i % 4) * 8

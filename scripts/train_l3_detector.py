@@ -43,8 +43,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from mskseg.anatomy import totalseg_name  # noqa: E402
 from mskseg.image import Image  # noqa: E402
-from mskseg.sarcopenia import l3  # noqa: E402
+from mskseg.spine import geometry, levelnet  # noqa: E402
 
 LABELMAPS = REPO.parent / "shared" / "data" / "totalseg-labelmaps"
 GENERATOR_VERSION = "l3-projections-1"
@@ -87,7 +88,7 @@ def _names_table() -> dict[int, str]:
     return names
 
 
-def _save_sample(path: Path, proj: l3.BoneProjections, centres: dict[str, float], variant: str,
+def _save_sample(path: Path, proj: geometry.BoneProjections, centres: dict[str, float], variant: str,
                  top_shift: int, bottom_shift: int, meta: dict[str, Any]) -> None:
     np.savez_compressed(
         path, frontal=proj.frontal.astype(np.float16), sagittal=proj.sagittal.astype(np.float16),
@@ -118,7 +119,7 @@ def generate_labelmap_samples(out: Path, n: int, seed: int) -> None:
         in_plane = float(rng.uniform(0.8, 2.0))
         dz = float(rng.choice([1.0, 1.25, 2.0, 2.5, 3.0, 5.0]))
         vol = synthesize_ct(lab, names, rng, spacing_mm=(in_plane, in_plane, dz), bone_texture=False)
-        proj = l3.bone_projections(vol.image)
+        proj = geometry.bone_projections(vol.image)
         centres = _vertebra_centres_from_labels(vol.labels, vol.label_names)
         # 11 rib pairs: counted from the last rib, every vertebra is one level lower (T11 looks like T12)
         top_shift = 1 if variant == "ribs_11" else 0
@@ -141,7 +142,7 @@ def generate_torso_samples(out: Path, n: int, seed: int, prefix: str = "torso") 
                 break
             except ValueError as exc:  # a random field of view outside the torso
                 print(f"  redraw: {exc}", flush=True)
-        proj = l3.bone_projections(sample.image)
+        proj = geometry.bone_projections(sample.image)
         centres, top_shift, bottom_shift = torso_truth(sample)
         _save_sample(out / f"{prefix}_{seed}_{i:04d}.npz", proj, centres, str(sample.variant), top_shift,
                      bottom_shift, {"source": "torso", "spacing": list(sample.image.spacing),
@@ -176,14 +177,15 @@ VARIANT_SHIFTS: dict[str, tuple[int, int]] = {"normal": (0, 0), "six_lumbar": (0
 
 def torso_truth(sample: Any) -> tuple[dict[str, float], int, int]:
     """Level centres (true numbering, z mm) of a torso sample and its (from-ribs, from-sacrum) shifts."""
-    centres = {name: float(z) for name, z in sample.level_centres.items() if name in l3.LEVEL_INDEX or name == "L6"}
+    centres = {name: float(z) for name, z in sample.level_centres.items()
+               if name in levelnet.LEVEL_INDEX or name == "L6"}
     top, bottom = VARIANT_SHIFTS[str(sample.variant)]
     return centres, top, bottom
 
 
 def level_coordinates(centres: dict[str, float], variant: str) -> dict[str, float]:
     """Vertebra name -> true level coordinate (T1 = 1 ... L5 = 17, L6 = 18, S1 = last lumbar + 1)."""
-    coords = {name: float(l3.LEVEL_INDEX[name]) for name in centres if name in l3.LEVEL_INDEX}
+    coords = {name: float(levelnet.LEVEL_INDEX[name]) for name in centres if name in levelnet.LEVEL_INDEX}
     if "L6" in centres:
         coords["L6"] = 18.0
         if "S1" in coords:
@@ -215,7 +217,7 @@ def load_samples(folder: Path) -> list[Projected]:
     for path in sorted(folder.glob("*.npz")):
         d = np.load(path)
         centres = {k: float(v) for k, v in json.loads(str(d["centres"])).items()
-                   if k in l3.LEVEL_INDEX or k == "L6"}
+                   if k in levelnet.LEVEL_INDEX or k == "L6"}
         if len(centres) < 3:
             continue
         out.append(Projected(path.stem, d["frontal"].astype(np.float32), d["sagittal"].astype(np.float32),
@@ -257,7 +259,7 @@ def make_crop(sample: Projected, rng: np.random.Generator, augment: bool = True
     z = zc0 + (z - zc0) * scale
     centres = {k: zc0 + (v - zc0) * scale for k, v in centres.items()}
     length = float(rng.uniform(140.0, 700.0)) if augment else 500.0
-    length = min(length, z[-1] - z[0], (TRAIN_ROWS - 4) * l3.ROW_MM)
+    length = min(length, z[-1] - z[0], (TRAIN_ROWS - 4) * geometry.ROW_MM)
     if augment and rng.random() < 0.9 and "L3" in centres:
         lo = max(z[0], centres["L3"] - length + 15.0)
         hi = min(z[-1] - length, centres["L3"] - 15.0)
@@ -265,29 +267,31 @@ def make_crop(sample: Projected, rng: np.random.Generator, augment: bool = True
     else:
         start = float(rng.uniform(z[0], max(z[0], z[-1] - length)))
     keep = (z >= start) & (z <= start + length)
-    proj = l3.BoneProjections(sample.frontal[:, keep], sample.sagittal[:, keep], z[keep], np.arange(keep.sum()),
-                              0.0, 0.0)
-    rows = int(length // l3.ROW_MM)
-    x_fov, z_fov = l3.network_input(proj, start_mm=float(z[keep][0]) + float(rng.uniform(0, l3.ROW_MM)), rows=rows)
+    proj = geometry.BoneProjections(sample.frontal[:, keep], sample.sagittal[:, keep], z[keep],
+                                    np.arange(keep.sum()), 0.0, 0.0)
+    rows = int(length // geometry.ROW_MM)
+    x_fov, z_fov = levelnet.network_input(proj, start_mm=float(z[keep][0]) + float(rng.uniform(0, geometry.ROW_MM)),
+                                          rows=rows)
     offset = int(rng.integers(0, TRAIN_ROWS - rows + 1)) if augment else 0
     x = np.zeros((4, TRAIN_ROWS, x_fov.shape[2]), np.float32)
     x[:, offset: offset + rows] = x_fov
-    zr = z_fov[0] + (np.arange(TRAIN_ROWS) - offset) * l3.ROW_MM
+    zr = z_fov[0] + (np.arange(TRAIN_ROWS) - offset) * geometry.ROW_MM
     in_fov = np.zeros(TRAIN_ROWS, bool)
     in_fov[offset: offset + rows] = True
     if augment:
         x *= rng.uniform(0.8, 1.25, size=(4, 1, 1)).astype(np.float32)
         x += rng.normal(0.0, rng.uniform(0.0, 0.04), size=x.shape).astype(np.float32) * (x != 0)
         if rng.random() < 0.5:  # mirror left-right
-            x[0:2, :, : l3.FRONTAL_COLUMNS] = x[0:2, :, l3.FRONTAL_COLUMNS - 1:: -1][:, :, : l3.FRONTAL_COLUMNS]
+            columns = geometry.FRONTAL_COLUMNS
+            x[0:2, :, :columns] = x[0:2, :, columns - 1:: -1][:, :, :columns]
         shift = int(rng.integers(-3, 4))
         if shift:
-            x[0:2, :, : l3.FRONTAL_COLUMNS] = np.roll(x[0:2, :, : l3.FRONTAL_COLUMNS], shift, axis=2)
+            x[0:2, :, : geometry.FRONTAL_COLUMNS] = np.roll(x[0:2, :, : geometry.FRONTAL_COLUMNS], shift, axis=2)
         if rng.random() < 0.3:  # truncated field of view in-plane
             half = int(rng.integers(35, 60))
-            c = l3.FRONTAL_COLUMNS // 2
+            c = geometry.FRONTAL_COLUMNS // 2
             x[0:2, :, : max(0, c - half)] = 0
-            x[0:2, :, c + half: l3.FRONTAL_COLUMNS] = 0
+            x[0:2, :, c + half: geometry.FRONTAL_COLUMNS] = 0
     coords = level_coordinates(centres, sample.variant)
     primary, known = level_targets(centres, coords, zr)
     rib_name = {1: "T11", -1: "L1"}.get(sample.top_shift, "T12")
@@ -319,7 +323,7 @@ def train(args: argparse.Namespace) -> int:
     held_out = [s for s in samples if s.name.startswith("heldout")]
     train_set = [s for s in samples if not s.name.startswith("heldout")]
     print(f"{len(train_set)} training volumes, {len(held_out)} held-out", flush=True)
-    model = build_network_from_architecture(l3.NETWORK_NAME, {})
+    model = build_network_from_architecture(levelnet.NETWORK_NAME, {})
     if args.init is not None:  # continue from earlier weights (a second, annealing stage)
         from mskseg.models import read_state_dict
 
@@ -360,7 +364,7 @@ def train(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     from mskseg.models import save_model_card, save_weights
 
-    weights_path = args.out / f"{l3.DETECTOR_CARD_NAME}.safetensors"
+    weights_path = args.out / f"{levelnet.DETECTOR_CARD_NAME}.safetensors"
     sha = save_weights(model.state_dict(), weights_path, overwrite=True)
     previous = {}
     if args.init is not None and (args.init.parent / "training.json").exists():
@@ -374,7 +378,7 @@ def train(args: argparse.Namespace) -> int:
     print(f"wrote {weights_path} ({sha})", flush=True)
     validation = evaluate_projections(model, held_out) if held_out else []
     card = make_card(sha, step + 1, len(train_set), sorted({s.variant for s in train_set}), validation, args.seed)
-    save_model_card(card, args.out / f"{l3.DETECTOR_CARD_NAME}.card.json", overwrite=True)
+    save_model_card(card, args.out / f"{levelnet.DETECTOR_CARD_NAME}.card.json", overwrite=True)
     print(json.dumps(validation, indent=1), flush=True)
     return 0
 
@@ -387,13 +391,13 @@ def evaluate_projections(model: Any, samples: list[Projected]) -> list[dict[str,
     for sample in samples:
         if "L3" not in sample.centres:
             continue
-        proj = l3.BoneProjections(sample.frontal, sample.sagittal, sample.z_mm, np.arange(len(sample.z_mm)), 0, 0)
+        proj = geometry.BoneProjections(sample.frontal, sample.sagittal, sample.z_mm, np.arange(len(sample.z_mm)), 0, 0)
         if not sample.z_mm[0] < sample.centres["L3"] < sample.z_mm[-1]:
             continue
-        x, z_rows = l3.network_input(proj)
+        x, z_rows = levelnet.network_input(proj)
         with torch.inference_mode():
             out = model(torch.from_numpy(x[None])).numpy()[0]
-        found = l3.decode_levels(out, z_rows).levels_mm
+        found = levelnet.decode_levels(out, z_rows).levels_mm
         err = abs(found["L3"] - sample.centres["L3"]) if "L3" in found else float("inf")
         errors.append(err)
     if not errors:
@@ -438,24 +442,24 @@ def make_card(sha: str, steps: int, n_train: int, variants: list[str], validatio
     """The detector's model card (schema-valid; validation only as measured)."""
     return {
         "schema_version": "1.0",
-        "name": l3.DETECTOR_CARD_NAME,
+        "name": levelnet.DETECTOR_CARD_NAME,
         "title": "L3 vertebral level detector (CT bone projections)",
         "task": "sarcopenia",
         "version": "1.0.0",
         "description": (
             "Finds the vertebral levels T1..L5 (and the L3 slice) of a CT from frontal and sagittal bone "
-            "projections (mskseg.sarcopenia.l3.bone_projections: 2 mm rows along z, 3 mm columns). Outputs per "
+            "projections (mskseg.spine.geometry.bone_projections: 2 mm rows along z, 3 mm columns). Outputs per "
             "2 mm row: level coordinate (T1 = 1 ... L3 = 15 ... L5 = 17), the same counted from the last rib and "
             "from the sacrum (their difference flags transitional anatomy), and the logit of a vertebral-body "
             "centre. The classes below name the level coordinate's integer values. Trained on synthetic CTs only; "
-            "always cross-checked with the rule-based count of mskseg.sarcopenia.l3."),
+            "always cross-checked with the rule-based count of mskseg.spine.rules."),
         "licence": "Apache-2.0",
         "modality": "CT",
         "dimensions": "2d",
-        "input": {"spacing_mm": [l3.COLUMN_MM, l3.ROW_MM], "normalisation": "none", "channels": 4},
-        "classes": [{"label": l3.LEVEL_INDEX[n], "name": f"vertebrae_{n}"} for n in l3.LEVELS],
-        "architecture": {"name": l3.NETWORK_NAME, "args": {}},
-        "weights": {"file": f"{l3.DETECTOR_CARD_NAME}.safetensors", "sha256": sha, "format": "safetensors"},
+        "input": {"spacing_mm": [geometry.COLUMN_MM, geometry.ROW_MM], "normalisation": "none", "channels": 4},
+        "classes": [{"label": levelnet.LEVEL_INDEX[n], "name": totalseg_name(n)} for n in levelnet.LEVELS],
+        "architecture": {"name": levelnet.NETWORK_NAME, "args": {}},
+        "weights": {"file": f"{levelnet.DETECTOR_CARD_NAME}.safetensors", "sha256": sha, "format": "safetensors"},
         "training": {
             "data": (f"{n_train} synthetic CT volumes: {data_text or ', '.join(variants)}; random fields of view "
                      "140-700 mm, z scaling 0.9-1.1, intensity and noise augmentation, lateral truncation"),
@@ -480,8 +484,8 @@ def write_card(args: argparse.Namespace) -> int:
     from mskseg.models import build_network_from_architecture, read_state_dict, save_model_card, sha256_file
 
     torch.set_num_threads(args.threads)
-    weights_path = args.out / f"{l3.DETECTOR_CARD_NAME}.safetensors"
-    model = build_network_from_architecture(l3.NETWORK_NAME, {})
+    weights_path = args.out / f"{levelnet.DETECTOR_CARD_NAME}.safetensors"
+    model = build_network_from_architecture(levelnet.NETWORK_NAME, {})
     model.load_state_dict(read_state_dict(weights_path, "safetensors"))
     model.eval()
     samples = load_samples(args.data)
@@ -492,7 +496,7 @@ def write_card(args: argparse.Namespace) -> int:
     card = make_card(sha256_file(weights_path), int(info.get("steps", 0)), len(train_set),
                      sorted({s.variant for s in train_set}), validation, int(info.get("seed", 0)),
                      describe_training_data(train_set))
-    save_model_card(card, args.out / f"{l3.DETECTOR_CARD_NAME}.card.json", overwrite=True)
+    save_model_card(card, args.out / f"{levelnet.DETECTOR_CARD_NAME}.card.json", overwrite=True)
     print(json.dumps(validation, indent=1))
     return 0
 

@@ -4,10 +4,12 @@ A card's ``architecture`` is ``{"name": ..., "args": {...}}``; ``args`` are the 
 builder named here. ``spatial_dims``, ``in_channels`` and ``out_channels`` may be left out of ``args``:
 they then come from the card (``dimensions``, ``input.channels``, highest class label + 1).
 
-torch and MONAI are imported only when a network is built.
+torch and MONAI are imported only when a network is built, and MSKSeg's own networks (``mskseg.*``) are
+imported from their module only when a card names them: nothing registers itself on import.
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -30,6 +32,16 @@ def _monai(class_name: str) -> Callable[..., torch.nn.Module]:
     return build
 
 
+def _lazy(module: str, attribute: str) -> Callable[..., torch.nn.Module]:
+    """A builder that imports ``module.attribute`` when it is first called (or its arguments are asked for)."""
+    def build(**kwargs: Any) -> torch.nn.Module:
+        return getattr(importlib.import_module(module), attribute)(**kwargs)
+
+    build.__doc__ = f"{module}.{attribute}"
+    build.lazy_target = (module, attribute)  # type: ignore[attr-defined]
+    return build
+
+
 #: Architecture name (as in a card) -> builder taking the card's ``architecture.args`` as keyword arguments.
 NETWORKS: dict[str, Callable[..., torch.nn.Module]] = {
     "monai.UNet": _monai("UNet"),
@@ -37,6 +49,8 @@ NETWORKS: dict[str, Callable[..., torch.nn.Module]] = {
     "monai.DynUNet": _monai("DynUNet"),
     "monai.SegResNet": _monai("SegResNet"),
     "monai.AttentionUnet": _monai("AttentionUnet"),
+    # the vertebral-level detector (mskseg.spine.levelnet.NETWORK_NAME)
+    "mskseg.l3-projection-net": _lazy("mskseg.spine.levelnet", "build_projection_net"),
 }
 
 
@@ -53,6 +67,9 @@ def _builder_parameters(builder: Callable[..., Any]) -> set[str] | None:
         from monai.networks import nets
 
         target = getattr(nets, class_name)
+    lazy_target = getattr(builder, "lazy_target", None)
+    if lazy_target is not None:
+        target = getattr(importlib.import_module(lazy_target[0]), lazy_target[1])
     params = inspect.signature(target).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return None

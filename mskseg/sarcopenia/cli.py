@@ -213,16 +213,10 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def _write_demo_ct(folder: Path, overwrite: bool) -> Path:
-    """Make the synthetic demo CT (:func:`mskseg.synth.torso.make_demo_ct`) and write it as a DICOM series."""
-    from ..io.dicomwrite import write_dicom_series
-    from ..synth.torso import make_demo_ct
+    """Make the synthetic demo CT and write it as a DICOM series (:func:`mskseg.demo.write_demo_dicom`)."""
+    from ..demo import write_demo_dicom
 
-    sample = make_demo_ct(0)
-    image = getattr(sample, "image", sample)
-    attributes = {key: image.metadata.get(key) or value for key, value in DEMO_PATIENT.items()}
-    attributes["SeriesDescription"] = image.metadata.get("SeriesDescription") or "MSKSeg synthetic abdominal CT"
-    write_dicom_series(image, folder, overwrite=overwrite, attributes=attributes)
-    return folder
+    return write_demo_dicom(folder, overwrite=overwrite, seed=0, patient=DEMO_PATIENT)
 
 
 class _NoBar:

@@ -14,6 +14,12 @@ frontal films), so it renders what separates a real radiograph from a plain sum 
 * processing as a radiography system does it: log transform, dynamic-range (latitude) compression, edge
   enhancement, windowing and tone curve to a display image where bone is bright, collimator shutters black.
 
+The work is split by what it does: :mod:`~mskseg.synth.drr_projection` (the working volume on the view's axes,
+parallel and cone-beam projection, the detector), :mod:`~mskseg.synth.drr_imaging` (attenuation at the beam's
+energy, collimation and the image chain from line integrals to the display image) and
+:mod:`~mskseg.synth.drr_implants` (pedicle screws with rods, hip prostheses); this module holds the parameters,
+the public API and :func:`render_drr`.
+
 Conventions (``DRRSample.meta`` records them for every image):
 
 * Input volumes are in LPS (``mskseg.image.Image``); any direction matrix is accepted (non-axis-aligned
@@ -46,7 +52,6 @@ Conventions (``DRRSample.meta`` records them for every image):
 """
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable
@@ -54,28 +59,22 @@ from typing import Any, Iterable
 import numpy as np
 from scipy import ndimage
 
+from ..anatomy import label_order as vertebra_rank
 from ..errors import InvalidImageError, MSKSegError
 from ..image import Image
+from .drr_imaging import attenuation_terms, collimation_field, effective_energy_kev, form_image, slab_group_integrals
+from .drr_implants import hip_prosthesis, pedicle_screws, rasterize
+from .drr_projection import Detector, Projector, view_axes, working_volume
+
+
+__all__ = ["COLLIMATIONS", "GEOMETRIES", "IMPLANT_KINDS", "VIEWS", "DRRParams", "DRRSample", "attenuation_terms",
+           "effective_energy_kev", "is_vertebra_name", "lps_to_pixel", "render_drr", "sample_drr_params",
+           "vertebra_rank"]
 
 VIEWS = ("lateral", "frontal")
 GEOMETRIES = ("parallel", "cone")
 COLLIMATIONS = ("none", "rect", "ragged")
 IMPLANT_KINDS = ("pedicle_screws", "hip_prosthesis")
-
-# Mass attenuation coefficients (cm2/g), NIST XCOM: water and ICRU-44 cortical bone (density 1.92 g/cm3).
-_KEV = np.array([30.0, 40.0, 50.0, 60.0, 80.0, 100.0, 150.0])
-_MU_WATER = np.array([0.3756, 0.2683, 0.2269, 0.2059, 0.1837, 0.1707, 0.1505])
-_MU_BONE = np.array([1.331, 0.6655, 0.4242, 0.3148, 0.2229, 0.1855, 0.1480])
-_BONE_DENSITY = 1.92
-_CT_KEV = 70.0  # effective energy at which CT numbers are defined (120 kVp scan)
-
-# Linear attenuation of implant materials relative to water near 50 keV (titanium alloy ~4.4 g/cm3, cobalt-chrome
-# ~8.3 g/cm3). Both are far beyond the display window: what matters is that they saturate like real metal.
-_TITANIUM_RATIO = 14.0
-_COCR_RATIO = 45.0
-
-_VERTEBRA_NAME = re.compile(r"^(?:vertebrae?_)?([CTL])(\d{1,2})$|^(?:vertebrae?_)?(S1)$", re.IGNORECASE)
-_REGION_RANK = {"C": 0, "T": 100, "L": 200, "S": 300}
 
 _PATIENT_ORIENTATION = {("frontal", "left"): "L\\F", ("frontal", "right"): "L\\F",
                         ("lateral", "left"): "P\\F", ("lateral", "right"): "A\\F"}
@@ -268,256 +267,6 @@ class DRRSample:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-# ----------------------------------------------------------------------------------------------- physics
-def effective_energy_kev(kvp: float) -> float:
-    """Effective photon energy (keV) behind the patient for a tube voltage ``kvp`` (kV): ``0.42 kvp + 12``."""
-    return 0.42 * float(kvp) + 12.0
-
-
-def _log_interp(kev: float, table: np.ndarray) -> float:
-    return float(np.exp(np.interp(np.log(kev), np.log(_KEV), np.log(table))))
-
-
-def attenuation_terms(kvp: float) -> tuple[float, float]:
-    """``(mu_water per mm, bone weight)`` at the effective energy of ``kvp``.
-
-    A voxel of CT number ``h`` (clipped at -1000) attenuates ``mu = mu_water * (1 + h/1000)`` for ``h <= 0``
-    and ``mu_water * (1 + bone_weight * h/1000)`` above: positive HU are read as a water/cortical-bone mixture,
-    whose bone part attenuates ``bone_weight`` times more, relative to water, than at the CT's 70 keV
-    (about 2.6 at 60 kVp, 1.9 at 80 kVp, 1.2 at 120 kVp).
-    """
-    kev = effective_energy_kev(kvp)
-    mu_water = _log_interp(kev, _MU_WATER) / 10.0  # density 1 g/cm3, per mm
-    ratio = _log_interp(kev, _MU_BONE) / _log_interp(kev, _MU_WATER) * _BONE_DENSITY
-    ratio_ct = _log_interp(_CT_KEV, _MU_BONE) / _log_interp(_CT_KEV, _MU_WATER) * _BONE_DENSITY
-    return mu_water, (ratio - 1.0) / (ratio_ct - 1.0)
-
-
-# ----------------------------------------------------------------------------------------------- geometry
-def _view_axes(view: str, lateral_anterior: str) -> np.ndarray:
-    """Rows: LPS unit vectors of the ray direction ``t``, image-up ``w`` and image-right ``u``."""
-    if view == "frontal":
-        return np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
-    if lateral_anterior == "left":
-        return np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
-    return np.array([[-1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
-
-
-def _is_signed_permutation(direction: np.ndarray) -> bool:
-    a = np.abs(direction)
-    return bool(np.all((a < 1e-6) | (a > 1 - 1e-6)) and np.all(a.sum(0) > 1 - 1e-6) and np.all(a.sum(1) > 1 - 1e-6))
-
-
-def _resample_axis_aligned(hu: Image, labels: Image | None) -> tuple[Image, Image | None]:
-    """Both images on an LPS-aligned grid (identity direction) covering the volume, spacing kept per axis."""
-    import SimpleITK as sitk
-
-    d = hu.direction
-    spacing = np.array([hu.spacing[int(np.argmax(np.abs(d[p, :])))] for p in range(3)])
-    n = np.array(hu.size) - 1
-    corners = np.array([[a, b, c] for a in (0, n[0]) for b in (0, n[1]) for c in (0, n[2])], float)
-    pts = hu.index_to_physical(corners)
-    lo, hi = pts.min(0), pts.max(0)
-    size = [int(np.ceil((hi[p] - lo[p]) / spacing[p])) + 1 for p in range(3)]
-
-    def resample(img: Image, interp: int, default: float) -> Image:
-        ref = sitk.Image(size, sitk.sitkFloat32 if interp == sitk.sitkLinear else sitk.sitkInt32)
-        ref.SetSpacing(tuple(float(s) for s in spacing))
-        ref.SetOrigin(tuple(float(v) for v in lo))
-        src = img.to_sitk()
-        if interp == sitk.sitkLinear:
-            src = sitk.Cast(src, sitk.sitkFloat32)
-        else:
-            src = sitk.Cast(src, sitk.sitkInt32)
-        out = sitk.Resample(src, ref, sitk.Transform(), interp, default)
-        return Image.from_sitk(out)
-
-    hu2 = resample(hu, sitk.sitkLinear, -1000.0)
-    lab2 = resample(labels, sitk.sitkNearestNeighbor, 0) if labels is not None else None
-    return hu2, lab2
-
-
-@dataclass
-class _Working:
-    """A volume seen along the view: arrays ``(t, w, u)`` with coordinates ``start + step * index`` (mm)."""
-
-    hu: np.ndarray
-    labels: np.ndarray | None
-    start: np.ndarray
-    step: np.ndarray
-    axes: np.ndarray
-
-    def to_lps(self, index: np.ndarray) -> np.ndarray:
-        """LPS mm of continuous working indices ``(..., 3)`` in ``(t, w, u)`` order."""
-        return (self.start + np.asarray(index, float) * self.step) @ self.axes
-
-
-def _working_volume(hu: Image, labels: Image | None, axes: np.ndarray) -> _Working:
-    """Transposed / flipped views of the arrays so that index axes run along ``axes`` (no copy)."""
-    if not _is_signed_permutation(hu.direction):
-        hu, labels = _resample_axis_aligned(hu, labels)
-    d, origin, spacing = hu.direction, np.asarray(hu.origin), hu.spacing
-    arrays = [hu.array] + ([labels.array] if labels is not None else [])
-    perm, flips, start, step = [], [], [], []
-    for e in axes:
-        p = int(np.argmax(np.abs(e)))
-        s_e = float(np.sign(e[p]))
-        c = int(np.argmax(np.abs(d[p, :])))
-        s_c = float(np.sign(d[p, c]))
-        axis = 2 - c
-        n = hu.array.shape[axis]
-        perm.append(axis)
-        step.append(spacing[c])
-        if s_e * s_c > 0:
-            flips.append(False)
-            start.append(s_e * origin[p])
-        else:
-            flips.append(True)
-            start.append(s_e * origin[p] - spacing[c] * (n - 1))
-    out = []
-    for arr in arrays:
-        a = np.transpose(arr, perm)
-        for ax, flip in enumerate(flips):
-            if flip:
-                a = np.flip(a, ax)
-        out.append(a)
-    return _Working(out[0], out[1] if labels is not None else None, np.array(start), np.array(step), axes)
-
-
-class _Projector:
-    """Line integrals through ``(t, w, u)`` blocks onto an intermediate isocentre-plane grid ``(W, U)``.
-
-    Parallel beam: the grid is the volume's own ``(w, u)`` grid and a block projects by summation along ``t``.
-    Cone beam: the source lies at ``t_iso - sod`` on the central ray; a slab at depth ``t`` shrinks onto the
-    isocentre plane by ``sod / (t - t_source)``, so each slab (grouped to <= 2 mm) is resampled with that scale
-    and summed; the ray obliquity ``1 / cos`` is applied once at the end (:meth:`obliquity`).
-    """
-
-    def __init__(self, vol: _Working, geometry: str, iso: np.ndarray, sod: float):
-        self.geometry = geometry
-        self.t0, self.w0, self.u0 = vol.start
-        self.dt, self.dw, self.du = vol.step
-        nt, nw, nu = vol.hu.shape
-        self.iso = iso
-        self.sod = sod
-        if geometry == "parallel":
-            self.W0, self.U0, self.NW, self.NU = self.w0, self.u0, nw, nu
-            self.group = 32
-            self.t_source = None
-            return
-        self.t_source = iso[0] - sod
-        t_lo, t_hi = self.t0, self.t0 + (nt - 1) * self.dt
-        if t_lo - self.t_source < 50.0:
-            raise MSKSegError(
-                f"the X-ray source ({sod:.0f} mm from the isocentre) lies inside or next to the volume",
-                "increase sdd_mm or reduce odd_mm, or crop the volume around the anatomy to image",
-            )
-        scales = [(t - self.t_source) / sod for t in (t_lo, t_hi)]
-        ws = [iso[1] + (w - iso[1]) / s for s in scales for w in (self.w0, self.w0 + (nw - 1) * self.dw)]
-        us = [iso[2] + (u - iso[2]) / s for s in scales for u in (self.u0, self.u0 + (nu - 1) * self.du)]
-        self.W0, self.U0 = min(ws), min(us)
-        self.NW = int(np.ceil((max(ws) - self.W0) / self.dw)) + 1
-        self.NU = int(np.ceil((max(us) - self.U0) / self.du)) + 1
-        self.group = max(1, int(np.floor(2.0 / self.dt + 1e-6)))
-
-    def empty(self) -> np.ndarray:
-        return np.zeros((self.NW, self.NU), np.float64)
-
-    def add(self, acc: np.ndarray, m: np.ndarray, t_centre: float, wi0: int, ui0: int) -> None:
-        """Add the slab-group integral ``m`` (rows from volume row ``wi0``, columns from ``ui0``) into ``acc``."""
-        nwb, nub = m.shape
-        if self.t_source is None:
-            acc[wi0:wi0 + nwb, ui0:ui0 + nub] += m
-            return
-        s = (t_centre - self.t_source) / self.sod
-        ia, ib = self._out_range(s, self.w0, self.dw, wi0, nwb, self.iso[1], self.W0, self.NW)
-        ja, jb = self._out_range(s, self.u0, self.du, ui0, nub, self.iso[2], self.U0, self.NU)
-        if ia >= ib or ja >= jb:
-            return
-        off_w = (self.iso[1] - self.w0) / self.dw - wi0 + s * (self.W0 + ia * self.dw - self.iso[1]) / self.dw
-        off_u = (self.iso[2] - self.u0) / self.du - ui0 + s * (self.U0 + ja * self.du - self.iso[2]) / self.du
-        acc[ia:ib, ja:jb] += ndimage.affine_transform(
-            np.ascontiguousarray(m, dtype=np.float64), [s, s], offset=[off_w, off_u], output_shape=(ib - ia, jb - ja),
-            order=1, mode="grid-constant", cval=0.0)
-
-    @staticmethod
-    def _out_range(s, v0, dv, i0, n, iso_v, V0, NV) -> tuple[int, int]:
-        lo = iso_v + (v0 + (i0 - 1) * dv - iso_v) / s
-        hi = iso_v + (v0 + (i0 + n) * dv - iso_v) / s
-        return max(0, int(np.floor((lo - V0) / dv))), min(NV, int(np.ceil((hi - V0) / dv)) + 1)
-
-    def project_block(self, acc: np.ndarray, block: np.ndarray, ti0: int, wi0: int, ui0: int) -> None:
-        """Add the line integrals of ``block`` (values per mm of path, shape ``(t, w, u)``) into ``acc``."""
-        nt = block.shape[0]
-        step = nt if self.t_source is None else self.group
-        for a in range(0, nt, step):
-            b = min(nt, a + step)
-            m = block[a:b].sum(0, dtype=np.float64) * self.dt
-            self.add(acc, m, self.t0 + self.dt * (ti0 + (a + b - 1) / 2.0), wi0, ui0)
-
-    def obliquity(self) -> np.ndarray | None:
-        """``1 / cos(ray angle)`` per intermediate pixel (cone beam), None for parallel beam."""
-        if self.t_source is None:
-            return None
-        w = self.W0 + np.arange(self.NW) * self.dw - self.iso[1]
-        u = self.U0 + np.arange(self.NU) * self.du - self.iso[2]
-        return np.sqrt(self.sod ** 2 + w[:, None] ** 2 + u[None, :] ** 2) / self.sod
-
-    def point_to_plane(self, twu: np.ndarray) -> np.ndarray:
-        """Isocentre-plane ``(W, U)`` of working coordinates ``(..., 3)`` (mm)."""
-        twu = np.atleast_2d(np.asarray(twu, float))
-        if self.t_source is None:
-            return twu[:, 1:3].copy()
-        s = (twu[:, 0] - self.t_source) / self.sod
-        return self.iso[1:3] + (twu[:, 1:3] - self.iso[1:3]) / s[:, None]
-
-
-@dataclass
-class _Detector:
-    """The output pixel grid on the isocentre plane: row r at ``W = w_top - r p``, column c at ``U = u_left + c p``."""
-
-    w_top: float
-    u_left: float
-    rows: int
-    cols: int
-    pixel_mm: float
-
-    def resample(self, proj: _Projector, sub: np.ndarray, iw0: int = 0, iu0: int = 0
-                 ) -> tuple[np.ndarray, int, int]:
-        """Bilinear resampling of an intermediate sub-map (starting at ``(iw0, iu0)``) onto the detector.
-
-        Returns ``(values, r0, c0)``: the detector window covered by the sub-map and its top-left pixel.
-        """
-        p = self.pixel_mm
-        w_lo = proj.W0 + (iw0 - 1) * proj.dw
-        w_hi = proj.W0 + (iw0 + sub.shape[0]) * proj.dw
-        u_lo = proj.U0 + (iu0 - 1) * proj.du
-        u_hi = proj.U0 + (iu0 + sub.shape[1]) * proj.du
-        r0 = max(0, int(np.floor((self.w_top - w_hi) / p)))
-        r1 = min(self.rows, int(np.ceil((self.w_top - w_lo) / p)) + 1)
-        c0 = max(0, int(np.floor((u_lo - self.u_left) / p)))
-        c1 = min(self.cols, int(np.ceil((u_hi - self.u_left) / p)) + 1)
-        if r0 >= r1 or c0 >= c1:
-            return np.zeros((0, 0)), 0, 0
-        off_r = (self.w_top - r0 * p - proj.W0) / proj.dw - iw0
-        off_c = (self.u_left + c0 * p - proj.U0) / proj.du - iu0
-        out = ndimage.affine_transform(np.ascontiguousarray(sub, dtype=np.float64), [-p / proj.dw, p / proj.du],
-                                       offset=[off_r, off_c], output_shape=(r1 - r0, c1 - c0), order=1,
-                                       mode="grid-constant", cval=0.0)
-        return out, r0, c0
-
-    def full(self, proj: _Projector, sub: np.ndarray) -> np.ndarray:
-        out = np.zeros((self.rows, self.cols), np.float64)
-        vals, r0, c0 = self.resample(proj, sub)
-        out[r0:r0 + vals.shape[0], c0:c0 + vals.shape[1]] = vals
-        return out
-
-    def plane_to_pixel(self, wu: np.ndarray) -> np.ndarray:
-        """``(x, y)`` pixel positions of isocentre-plane ``(W, U)`` points ``(N, 2)``."""
-        wu = np.atleast_2d(wu)
-        return np.stack([(wu[:, 1] - self.u_left) / self.pixel_mm, (self.w_top - wu[:, 0]) / self.pixel_mm], axis=1)
-
-
 def lps_to_pixel(sample: DRRSample | dict[str, Any], points_lps: np.ndarray) -> np.ndarray:
     """Project LPS points onto a rendered radiograph.
 
@@ -543,19 +292,6 @@ def lps_to_pixel(sample: DRRSample | dict[str, Any], points_lps: np.ndarray) -> 
 
 
 # ----------------------------------------------------------------------------------------------- labels
-def vertebra_rank(name: str) -> int | None:
-    """Craniocaudal rank of a vertebra label name (``C1`` < ... < ``T12`` < ``L1`` < ... < ``S1``), else None.
-
-    Accepts ``L3``, ``vertebrae_L3`` and ``vertebra_L3`` (any case).
-    """
-    m = _VERTEBRA_NAME.match(name.strip())
-    if not m:
-        return None
-    if m.group(3):
-        return _REGION_RANK["S"] + 1
-    return _REGION_RANK[m.group(1).upper()] + int(m.group(2))
-
-
 def is_vertebra_name(name: str) -> bool:
     """True when ``name`` names a vertebra (see :func:`vertebra_rank`)."""
     return vertebra_rank(name) is not None
@@ -612,315 +348,6 @@ def _present_labels(labels: np.ndarray, label_names: dict[int, str] | None
             continue
         out[value] = (name, box)
     return out
-
-
-# ----------------------------------------------------------------------------------------------- implants
-@dataclass
-class _Capsule:
-    """A cylinder with round ends from ``a`` to ``b`` (LPS mm), ``radius`` mm, attenuation ``ratio`` x water."""
-
-    a: np.ndarray
-    b: np.ndarray
-    radius: float
-    ratio: float
-
-
-@dataclass
-class _Shell:
-    """A hemispherical shell (acetabular cup): radii ``r_in``..``r_out`` around ``centre``, open against ``normal``."""
-
-    centre: np.ndarray
-    r_in: float
-    r_out: float
-    normal: np.ndarray
-    ratio: float
-
-
-def _pedicle_screws(bodies: dict[str, np.ndarray], rng: np.random.Generator
-                    ) -> tuple[list[_Capsule | _Shell], dict[str, Any]] | None:
-    """Bilateral pedicle screws in 2-4 adjacent thoracolumbar vertebrae joined by two rods (LPS mm)."""
-    levels = sorted((n for n in bodies if (vertebra_rank(n) or 0) > _REGION_RANK["T"] + 8), key=vertebra_rank)
-    if len(levels) < 2:
-        return None
-    count = int(min(len(levels), rng.integers(2, 5)))
-    first = int(rng.integers(0, len(levels) - count + 1))
-    chosen = levels[first:first + count]
-    ex, ey = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
-    ratio = _TITANIUM_RATIO * float(rng.uniform(0.8, 1.2))
-    rod_ratio = float(rng.choice([_TITANIUM_RATIO, _COCR_RATIO]))
-    parts: list[_Capsule | _Shell] = []
-    heads: dict[float, list[np.ndarray]] = {-1.0: [], 1.0: []}
-    for name in chosen:
-        body = bodies[name]
-        length = float(rng.uniform(40.0, 50.0))
-        for side in (-1.0, 1.0):
-            conv = np.deg2rad(rng.uniform(8.0, 16.0))
-            tip = body + side * 5.0 * ex - 8.0 * ey
-            axis = np.cos(conv) * ey + np.sin(conv) * side * ex
-            base = tip + length * axis
-            head = base + 10.0 * ey
-            parts.append(_Capsule(tip, base, 3.25, ratio))
-            parts.append(_Capsule(base, head, 5.5, ratio))
-            heads[side].append(head + 1.0 * ey)
-    for pts in heads.values():
-        pts_arr = np.array(pts)
-        direction = pts_arr[-1] - pts_arr[0]
-        direction /= max(np.linalg.norm(direction), 1e-6)
-        ends = [pts_arr[0] - 8.0 * direction] + list(pts_arr[1:-1]) + [pts_arr[-1] + 8.0 * direction]
-        for a, b in zip(ends[:-1], ends[1:]):
-            parts.append(_Capsule(np.asarray(a), np.asarray(b), 2.75, rod_ratio))
-    return parts, {"kind": "pedicle_screws", "levels": chosen}
-
-
-def _hip_prosthesis(femurs: dict[str, np.ndarray], rng: np.random.Generator
-                    ) -> tuple[list[_Capsule | _Shell], dict[str, Any]] | None:
-    """A total hip: cup, head, neck and tapered stem along one femur given as LPS points ``(N, 3)``."""
-    if not femurs:
-        return None
-    side = sorted(femurs)[int(rng.integers(0, len(femurs)))]
-    pts = femurs[side]
-    z = pts[:, 2]
-    top = z.max()
-    if top - z.min() < 40.0:
-        return None
-    head = pts[z >= top - 20.0].mean(0) - np.array([0.0, 0.0, 6.0])
-    # Where the map ends above the shaft (abdominal CTs), the stem continues straight down out of the volume.
-    below = pts[(z <= top - 70.0) & (z >= top - 100.0)]
-    proximal = below.mean(0) if len(below) else head + np.array([0.0, 0.0, -80.0])
-    distal = pts[(z <= top - 130.0) & (z >= top - 160.0)]
-    distal_pt = distal.mean(0) if len(distal) else proximal - np.array([0.0, 0.0, 70.0])
-    medial = np.array([-1.0 if "left" in side else 1.0, 0.0, 0.0])
-    ratio = _COCR_RATIO * float(rng.uniform(0.8, 1.2))
-    r_head = float(rng.uniform(14.0, 18.0))
-    shoulder = proximal + np.array([0.0, 0.0, 35.0]) - 6.0 * medial
-    normal = (np.array([0.0, 0.0, 1.0]) + medial) / np.sqrt(2.0)
-    parts: list[_Capsule | _Shell] = [
-        _Capsule(head, head, r_head, ratio),
-        _Capsule(head, shoulder, 6.5, ratio),
-        _Capsule(shoulder, proximal, 9.0, ratio),
-        _Capsule(proximal, distal_pt, 6.0, ratio),
-        _Shell(head, r_head + 1.0, r_head + 5.0, normal, _TITANIUM_RATIO),
-    ]
-    return parts, {"kind": "hip_prosthesis", "side": side}
-
-
-def _part_box(part: _Capsule | _Shell, vol: _Working) -> tuple[np.ndarray, np.ndarray]:
-    """Working-grid index range ``[i0, i1)`` (clipped to the volume) that holds an implant part."""
-    if isinstance(part, _Capsule):
-        ends, r = np.stack([part.a, part.b]) @ vol.axes.T, part.radius
-    else:
-        ends, r = part.centre[None] @ vol.axes.T, part.r_out
-    shape = np.array(vol.hu.shape)
-    i0 = np.clip(np.floor((ends.min(0) - r - 1.0 - vol.start) / vol.step).astype(int), 0, shape)
-    i1 = np.clip(np.ceil((ends.max(0) + r + 1.0 - vol.start) / vol.step).astype(int) + 1, 0, shape)
-    return i0, i1
-
-
-def _rasterize(parts: list[_Capsule | _Shell], vol: _Working
-               ) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]] | None:
-    """Occupancy (0..1, anti-aliased) and attenuation ratio of implant parts on the working grid, cropped.
-
-    Returns ``(occupancy, ratio, first index)`` of the box holding all parts, or None when all lie outside.
-    """
-    boxes = [_part_box(part, vol) for part in parts]
-    inside = [k for k, (i0, i1) in enumerate(boxes) if np.all(i1 > i0)]
-    if not inside:
-        return None
-    lo = np.min([boxes[k][0] for k in inside], axis=0)
-    hi = np.max([boxes[k][1] for k in inside], axis=0)
-    occ = np.zeros(tuple(hi - lo), np.float32)
-    ratio = np.zeros(tuple(hi - lo), np.float32)
-    h = float(vol.step.min())
-    for k in inside:
-        part, (i0, i1) = parts[k], boxes[k]
-        grids = [vol.start[a] + vol.step[a] * np.arange(i0[a], i1[a]) for a in range(3)]
-        pos = np.stack(np.meshgrid(*grids, indexing="ij"), axis=-1)
-        if isinstance(part, _Capsule):
-            a, b = part.a @ vol.axes.T, part.b @ vol.axes.T
-            ab = b - a
-            denom = float(ab @ ab)
-            x = np.clip(((pos - a) @ ab) / denom, 0.0, 1.0) if denom > 0 else np.zeros(pos.shape[:3])
-            dist = np.linalg.norm(pos - (a + x[..., None] * ab), axis=-1)
-            o = np.clip((part.radius - dist) / h + 0.5, 0.0, 1.0)
-        else:
-            c = part.centre @ vol.axes.T
-            n = part.normal @ vol.axes.T
-            dist = np.linalg.norm(pos - c, axis=-1)
-            o = np.clip((part.r_out - dist) / h + 0.5, 0, 1) * np.clip((dist - part.r_in) / h + 0.5, 0, 1)
-            o = o * (((pos - c) @ n) > 0)
-        window = tuple(slice(i0[a] - lo[a], i1[a] - lo[a]) for a in range(3))
-        better = o > occ[window]
-        occ[window] = np.where(better, o, occ[window])
-        ratio[window] = np.where(better, part.ratio, ratio[window])
-    return occ, ratio, (int(lo[0]), int(lo[1]), int(lo[2]))
-
-
-# ----------------------------------------------------------------------------------------------- image formation
-def _smooth_noise(rng: np.random.Generator, n: int, corr: float) -> np.ndarray:
-    x = ndimage.gaussian_filter1d(rng.normal(size=n + 40), max(corr, 1.0), mode="wrap")[20:20 + n]
-    return x / max(float(x.std()), 1e-9)
-
-
-def _collimation_field(shape: tuple[int, int], params: DRRParams, rng: np.random.Generator,
-                       pixel_mm: float) -> np.ndarray:
-    """bool ``(J, I)``: True inside the collimated (exposed) field.
-
-    The shutters close ``collimation_margins`` of the image from each side and are turned by
-    ``collimation_tilt_deg`` about the image centre; ``"ragged"`` edges get an irregular offset of up to
-    ``ragged_mm``.
-    """
-    rows, cols = shape
-    if params.collimation == "none":
-        return np.ones(shape, bool)
-    ml, mr, mt, mb = params.collimation_margins
-    angle = np.deg2rad(params.collimation_tilt_deg)
-    r = np.arange(rows, dtype=np.float64)[:, None] - (rows - 1) / 2.0
-    c = np.arange(cols, dtype=np.float64)[None, :] - (cols - 1) / 2.0
-    x = np.cos(angle) * c + np.sin(angle) * r  # field coordinates (columns, rows) relative to the centre
-    y = -np.sin(angle) * c + np.cos(angle) * r
-    half_w, half_h = cols / 2.0, rows / 2.0
-    left, right = -half_w + ml * cols, half_w - mr * cols
-    top, bottom = -half_h + mt * rows, half_h - mb * rows
-    if params.collimation == "ragged":
-        amp = params.ragged_mm / pixel_mm
-
-        def jag(coord: np.ndarray, n: int) -> np.ndarray:
-            profile = amp * np.abs(_smooth_noise(rng, n, n / 40.0))
-            idx = np.clip(np.round(coord + (n - 1) / 2.0).astype(int), 0, n - 1)
-            return profile[idx]
-
-        left = left + jag(y, rows)
-        right = right - jag(y, rows)
-        top = top + jag(x, cols)
-        bottom = bottom - jag(x, cols)
-    return (x >= left) & (x < right) & (y >= top) & (y < bottom)
-
-
-def _wide_gaussian(x: np.ndarray, sigma_px: float, mode: str = "nearest") -> np.ndarray:
-    """Gaussian filter of a 2D array; wide kernels run on a block-averaged copy (same result to < 1 %, 20x faster)."""
-    factor = int(sigma_px // 4)
-    if factor < 2:
-        return ndimage.gaussian_filter(x, sigma_px, mode=mode, truncate=3.0)
-    rows, cols = x.shape
-    pr, pc = (-rows) % factor, (-cols) % factor
-    padded = np.pad(x, ((0, pr), (0, pc)), mode="edge" if mode == "nearest" else "constant")
-    small = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor).mean((1, 3))
-    small = ndimage.gaussian_filter(small, sigma_px / factor, mode=mode, truncate=3.0)
-    # Block centres sit at (factor - 1) / 2 in full-resolution pixels.
-    r = (np.arange(rows) - (factor - 1) / 2.0) / factor
-    c = (np.arange(cols) - (factor - 1) / 2.0) / factor
-    rr = np.clip(r, 0, small.shape[0] - 1)
-    cc = np.clip(c, 0, small.shape[1] - 1)
-    r0 = np.minimum(np.floor(rr).astype(int), small.shape[0] - 2) if small.shape[0] > 1 else np.zeros(rows, int)
-    c0 = np.minimum(np.floor(cc).astype(int), small.shape[1] - 2) if small.shape[1] > 1 else np.zeros(cols, int)
-    fr = (rr - r0)[:, None] if small.shape[0] > 1 else np.zeros((rows, 1))
-    fc = (cc - c0)[None, :] if small.shape[1] > 1 else np.zeros((1, cols))
-    r1 = np.minimum(r0 + 1, small.shape[0] - 1)
-    c1 = np.minimum(c0 + 1, small.shape[1] - 1)
-    top = small[r0][:, c0] * (1 - fc) + small[r0][:, c1] * fc
-    bottom = small[r1][:, c0] * (1 - fc) + small[r1][:, c1] * fc
-    return top * (1 - fr) + bottom * fr
-
-
-def _masked_lowpass(x: np.ndarray, weight: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Gaussian low-pass of ``x`` using only pixels where ``weight`` (normalised convolution)."""
-    w = weight.astype(np.float64)
-    num = _wide_gaussian(x * w, sigma_px)
-    den = _wide_gaussian(w, sigma_px)
-    return num / np.maximum(den, 1e-6)
-
-
-def _form_image(line_integral: np.ndarray, params: DRRParams, rng: np.random.Generator, pixel_mm: float,
-                field_mask: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-    """Display image ``(J, I)`` float32 in [0, 1] from line integrals ``(J, I)`` (dimensionless, mu * mm)."""
-    transmission = np.exp(-line_integral)
-    if params.focal_blur_mm / pixel_mm > 0.05:
-        transmission = ndimage.gaussian_filter(transmission, params.focal_blur_mm / pixel_mm)
-    inside = field_mask & (line_integral > 0.1)
-    reference = float(np.median(transmission[inside])) if inside.any() else float(np.median(transmission[field_mask]))
-    photons = params.exposure / max(reference, 1e-12)
-    rows, cols = transmission.shape
-    gain = np.ones_like(transmission)
-    if params.heel:
-        ramp = np.linspace(-1.0, 1.0, rows if params.heel_axis == "vertical" else cols)
-        gain = gain * (1.0 + params.heel * (ramp[:, None] if params.heel_axis == "vertical" else ramp[None, :]))
-    if params.grid_lines:
-        n = cols if params.grid_axis == "vertical" else rows
-        stripes = 1.0 + params.grid_amplitude * np.cos(2 * np.pi * np.arange(n) / params.grid_period_px)
-        gain = gain * (stripes[None, :] if params.grid_axis == "vertical" else stripes[:, None])
-    primary = photons * transmission * gain * field_mask
-    scatter_source = np.minimum(primary, photons * reference)
-    scatter = params.scatter_to_primary * _wide_gaussian(scatter_source, params.scatter_sigma_mm / pixel_mm,
-                                                         mode="constant")
-    expected = primary + scatter
-    det_sigma = params.detector_blur_mm / pixel_mm
-    if params.noise:
-        counts = rng.poisson(expected).astype(np.float64)
-    else:
-        counts = expected
-    if det_sigma > 0.05:
-        counts = ndimage.gaussian_filter(counts, det_sigma)
-        expected = ndimage.gaussian_filter(expected, det_sigma)
-    if params.noise and params.electronic_noise > 0:
-        counts = counts + rng.normal(0.0, params.electronic_noise, counts.shape)
-    floor = 0.5
-    clean_log = -np.log(np.maximum(expected, floor) / photons)
-    noisy_log = -np.log(np.maximum(counts, floor) / photons)
-
-    def process(log_image: np.ndarray) -> np.ndarray:
-        # Filters see only the exposed field: the shutters are filled with the field's low-pass first, so that
-        # their edge neither darkens nor brightens the image next to it.
-        lowpass = _masked_lowpass(log_image, field_mask, params.lowpass_mm / pixel_mm)
-        if not field_mask.all():
-            log_image = np.where(field_mask, log_image, lowpass)
-        out = log_image - params.latitude_compression * lowpass
-        if params.edge_enhance > 0:
-            out += params.edge_enhance * (log_image - ndimage.gaussian_filter(log_image, params.edge_mm / pixel_mm))
-        return out
-
-    clean = process(clean_log)
-    # Like the histogram analysis of radiography systems: the window covers the anatomy (pixels behind the
-    # patient), not the direct exposure around it, which ends up black.
-    thick = float(np.percentile(line_integral[field_mask], 95)) if field_mask.any() else 0.0
-    anatomy = field_mask & (line_integral > max(0.5, 0.3 * thick))
-    if anatomy.sum() < 0.01 * max(1, field_mask.sum()):
-        anatomy = field_mask if field_mask.any() else np.ones_like(field_mask)
-    values = clean[anatomy]
-    lo, hi = (float(v) for v in np.percentile(values, params.window_percentiles))
-    if hi <= lo:
-        hi = lo + 1e-3
-    noisy = process(noisy_log) if params.noise else clean
-    median = float(np.clip((np.median(values) - lo) / (hi - lo), 0.02, 0.98))
-    gamma = float(np.clip(np.log(params.mid_gray) / np.log(median), 0.3, 3.0))
-    display = np.clip((noisy - lo) / (hi - lo), 0.0, 1.0) ** gamma
-    display[~field_mask] = 0.0
-    info = {"photons_unattenuated": photons, "reference_transmission": reference, "window": (lo, hi),
-            "gamma": gamma}
-    return display.astype(np.float32), info
-
-
-# ----------------------------------------------------------------------------------------------- render
-def _slab_group_integrals(hu: np.ndarray, group: int, mu_step: float, bone_weight: float):
-    """Yield ``(t_start, t_stop, integral (w, u))`` of the attenuation over groups of ``group`` slabs.
-
-    ``hu`` is a ``(t, w, u)`` view of any memory layout; it is read in chunks of rows ``w`` (contiguous for the
-    usual axial volumes), converted to attenuation (``mu_step`` = mu_water x slab thickness), and summed per
-    slab group with ``reduceat``, so no full float copy of the volume is made.
-    """
-    nt, nw, nu = hu.shape
-    starts = np.arange(0, nt, group)
-    counts = np.diff(np.append(starts, nt)).astype(np.float64)
-    sums = np.empty((len(starts), nw, nu), np.float32)
-    rows = max(1, int(4_000_000 // max(1, nt * nu)))
-    for w0 in range(0, nw, rows):
-        chunk = hu[:, w0:w0 + rows, :].astype(np.float32)
-        np.maximum(chunk, -1000.0, out=chunk)
-        s1 = np.add.reduceat(chunk, starts, axis=0)
-        np.maximum(chunk, 0.0, out=chunk)
-        s2 = np.add.reduceat(chunk, starts, axis=0)
-        sums[:, w0:w0 + rows, :] = s1 + (bone_weight - 1.0) * s2
-    for g, a in enumerate(starts):
-        yield int(a), int(a + counts[g]), mu_step * (counts[g] + sums[g].astype(np.float64) / 1000.0)
 
 
 def render_drr(
@@ -996,15 +423,15 @@ def render_drr(
         params = sample_drr_params(rng)
     _check_params(params)
 
-    axes = _view_axes(view, lateral_anterior)
-    vol = _working_volume(hu, labels, axes)
+    axes = view_axes(view, lateral_anterior)
+    vol = working_volume(hu, labels, axes)
     shape = np.array(vol.hu.shape)
     if isocentre_lps is None:
         iso = vol.start + vol.step * (shape - 1) / 2.0
     else:
         iso = axes @ np.asarray(isocentre_lps, float)
     sod = params.sdd_mm - params.odd_mm
-    proj = _Projector(vol, geometry, iso, sod)
+    proj = Projector(vol, geometry, iso, sod)
 
     # Every named label is found (implants are placed by them); masks and centres only for ``mask_names``.
     named = _present_labels(vol.labels, label_names) if vol.labels is not None else {}
@@ -1020,27 +447,27 @@ def render_drr(
     # Attenuation line integrals, slab group by slab group (the volume is never converted whole).
     mu_water, bone_weight = attenuation_terms(params.kvp)
     acc = proj.empty()
-    for a, b, m in _slab_group_integrals(vol.hu, proj.group, mu_water * vol.step[0], bone_weight):
+    for a, b, m in slab_group_integrals(vol.hu, proj.group, mu_water * vol.step[0], bone_weight):
         proj.add(acc, m, vol.start[0] + vol.step[0] * (a + b - 1) / 2.0, 0, 0)
 
     implant_notes = []
     for kind in params.implants:
         made = None
         if kind == "pedicle_screws":
-            made = _pedicle_screws({n: vol.to_lps(i) for n, i in bodies_twu.items()}, rng)
+            made = pedicle_screws({n: vol.to_lps(i) for n, i in bodies_twu.items()}, rng)
         elif kind == "hip_prosthesis" and vol.labels is not None:
             femurs = {}
             for value, (name, box) in named.items():
                 if name.startswith("femur_"):
                     pts = np.argwhere(vol.labels[box] == value)[::7] + np.array([s.start for s in box])
                     femurs[name] = vol.to_lps(pts)
-            made = _hip_prosthesis(femurs, rng)
+            made = hip_prosthesis(femurs, rng)
         if made is None:
             need = "two thoracolumbar vertebra labels" if kind == "pedicle_screws" else "a femur_left/right label"
             implant_notes.append({"kind": kind, "skipped": f"needs {need} to place it"})
             continue
         parts, note = made
-        raster = _rasterize(parts, vol)
+        raster = rasterize(parts, vol)
         if raster is None:
             implant_notes.append({**note, "skipped": "outside the volume"})
             continue
@@ -1066,11 +493,11 @@ def render_drr(
         rows, cols = max(1, int(round(height / pixel_mm))), max(1, int(round(width / pixel_mm)))
         w_top = iso[1] + (rows - 1) * pixel_mm / 2.0
         u_left = iso[2] - (cols - 1) * pixel_mm / 2.0
-    det = _Detector(w_top, u_left, rows, cols, pixel_mm)
+    det = Detector(w_top, u_left, rows, cols, pixel_mm)
     line_integral = det.full(proj, acc)
 
-    field_mask = _collimation_field((rows, cols), params, rng, pixel_mm)
-    display, info = _form_image(line_integral, params, rng, pixel_mm, field_mask)
+    field_mask = collimation_field((rows, cols), params, rng, pixel_mm)
+    display, info = form_image(line_integral, params, rng, pixel_mm, field_mask)
 
     masks: dict[str, np.ndarray] = {}
     for value, (name, box) in present.items():
