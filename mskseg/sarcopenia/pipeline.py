@@ -28,13 +28,12 @@ from ..engine import CancelToken, Progress
 from ..errors import CancelledError, InvalidImageError, OutputExistsError
 from ..image import Image
 from ..io.common import Labels
+from .labels import TISSUE_LABELS
 
 #: Order of the steps of :func:`run_sarcopenia` (keys of :attr:`SarcopeniaResult.timings`).
 STEPS = ("validate", "locate", "segment", "measure")
 #: Share of the progress bar each step takes.
 _PROGRESS_SPANS = {"validate": (0.0, 0.02), "locate": (0.02, 0.45), "segment": (0.45, 0.95), "measure": (0.95, 1.0)}
-#: Class names of the tissue label map, by label value (the tissue step's output).
-TISSUE_LABELS: Labels = {1: "skeletal_muscle", 2: "subcutaneous_fat", 3: "visceral_fat", 4: "intermuscular_fat"}
 #: Lowest voxel value (HU) a CT of the abdomen holds somewhere: air outside the body, in the bowel or lungs.
 _CT_AIR_HU = -500.0
 

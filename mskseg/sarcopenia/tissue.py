@@ -71,15 +71,12 @@ from ..engine import CancelToken, Progress, sub_progress
 from ..errors import InvalidImageError, ModelCardError, MSKSegError
 from ..image import Image
 from ..io.common import Labels
+from .labels import GROUP_LABELS, TISSUE_LABELS
 
 if TYPE_CHECKING:
     from ..models.cards import ModelCard
     from .settings import BodyCompSettings
 
-#: Tissue label values of :attr:`TissueResult.labelmap`.
-TISSUE_LABELS: Labels = {1: "skeletal_muscle", 2: "subcutaneous_fat", 3: "visceral_fat", 4: "intermuscular_fat"}
-#: Muscle-group label values of :attr:`TissueResult.group_labelmap` (they overlap the muscle label).
-GROUP_LABELS: Labels = {5: "psoas", 6: "paraspinal", 7: "abdominal_wall"}
 #: Name of the shipped tissue model card, preferred when several tissue cards are installed.
 TISSUE_CARD_NAME = "sarcopenia-l3-tissue-2d"
 
