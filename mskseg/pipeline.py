@@ -15,7 +15,7 @@ import numpy as np
 
 from .engine import CancelToken, Progress, sub_progress
 from .errors import InvalidImageError
-from .image import Image, labels_on_grid
+from .image import Image, labels_on_grid, resample_to_spacing
 from .io.common import Labels
 from .models.cards import ModelCard
 
@@ -56,9 +56,8 @@ def resample_to_model(image: Image, card: ModelCard) -> Image:
     """The image resampled (linear) to the card's ``input.spacing_mm``; unchanged when the card has none.
 
     2D and 2.5D cards give in-plane spacing ``[i, j]`` and keep the slice spacing; 3D cards give ``[i, j, k]``.
+    The grid is :func:`mskseg.image.spacing_grid`'s, the one the training resampled to.
     """
-    import SimpleITK as sitk
-
     target = card.input.get("spacing_mm")
     if not target:
         return image
@@ -67,13 +66,7 @@ def resample_to_model(image: Image, card: ModelCard) -> Image:
         target = target + [image.spacing[2]]
     if image.ndim == 2:
         target = target[:2]
-    if np.allclose(target, image.spacing, rtol=1e-3):
-        return image
-    src = image.to_sitk()
-    size = [max(1, int(round(n * s / t))) for n, s, t in zip(image.size, image.spacing, target)]
-    out = sitk.Resample(sitk.Cast(src, sitk.sitkFloat32), size, sitk.Transform(), sitk.sitkLinear, src.GetOrigin(),
-                        target, src.GetDirection(), float(np.min(image.array)), sitk.sitkFloat32)
-    return Image.from_sitk(out, image.metadata)
+    return resample_to_spacing(image, target, interpolation="linear")
 
 
 def labels_to_source_grid(labels: np.ndarray, model_grid: Image, source: Image) -> np.ndarray:

@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 import numpy as np
 
 from ..errors import GeometryMismatchError, ImageReadError, InvalidImageError, MSKSegError
-from ..image import Image
+from ..image import Image, resample_to_spacing
 from ..io.common import Labels
 
 logger = logging.getLogger(__name__)
@@ -446,27 +446,17 @@ class Sample:
 
 def resample_array(array: np.ndarray, spacing: Sequence[float], target: Sequence[float], *,
                    is_label: bool) -> np.ndarray:
-    """Resample a 2D or 3D array from ``spacing`` to ``target`` (both ITK order, mm), keeping the field of view.
+    """Resample a 2D or 3D array from ``spacing`` to ``target`` (both ITK order, mm) with
+    :func:`mskseg.image.resample_to_spacing` (the inference resampler; grid of :func:`mskseg.image.spacing_grid`).
 
-    Linear interpolation for images, nearest neighbour for label maps; the outer voxel edges stay where they
-    were, so the new size is ``round(size * spacing / target)``.
+    Linear interpolation (float32) for images, nearest neighbour for label maps (uint8 when the labels fit,
+    else uint16); outside the array: the array minimum for images, 0 for labels.
     """
-    import SimpleITK as sitk
-
-    spacing = tuple(float(s) for s in spacing)
-    target = tuple(float(t) for t in target)
-    if np.allclose(spacing, target, rtol=1e-3):
-        return np.asarray(array)
     arr = np.asarray(array)
-    img = sitk.GetImageFromArray(arr.astype(np.float32) if not is_label else arr.astype(np.uint16))
-    img.SetSpacing(spacing)
-    size = [max(1, int(round(n * s / t))) for n, s, t in zip(img.GetSize(), spacing, target)]
-    origin = [(t - s) / 2.0 for s, t in zip(spacing, target)]
-    default = 0.0 if is_label else float(arr.min()) if arr.size else 0.0
-    out = sitk.Resample(img, size, sitk.Transform(), sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear,
-                        origin, target, img.GetDirection(), default,
-                        sitk.sitkUInt16 if is_label else sitk.sitkFloat32)
-    result = sitk.GetArrayFromImage(out)
+    if np.allclose(tuple(float(s) for s in spacing), tuple(float(t) for t in target), rtol=1e-3):
+        return arr
+    image = Image(arr.astype(np.uint16) if is_label else arr.astype(np.float32), spacing)
+    result = resample_to_spacing(image, target, interpolation="nearest" if is_label else "linear").array
     return result.astype(np.uint8) if is_label and result.max(initial=0) < 256 else result
 
 
