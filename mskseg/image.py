@@ -203,6 +203,15 @@ class Image:
         return "\n".join(lines)
 
 
+def axial_plane(image: Image, k: int) -> Image:
+    """The 2D image itself (``k`` must then be 0), or axial slice ``k`` of a volume with its in-plane geometry."""
+    if image.ndim == 2:
+        if k != 0:
+            raise InvalidImageError(f"slice index {k} given for a 2D image; use 0")
+        return image
+    return image.axial_slice(k)
+
+
 def labels_on_grid(labelmap: Image, reference: Image) -> np.ndarray:
     """The voxels of a label map resampled onto ``reference``'s grid (nearest neighbour, 0 outside).
 
