@@ -708,6 +708,10 @@ class _PhantomSource:
         return arr, tissue
 
 
+#: Synthetic sample indices from here on are held out for validation and never drawn for training.
+HELD_OUT_INDEX = 1_000_000_000
+
+
 def synthetic_sources() -> dict[str, SyntheticSourceInfo]:
     """All registered synthetic generators by name (built-in ones registered on first call)."""
     _register_builtin_sources()
