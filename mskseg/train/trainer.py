@@ -475,7 +475,7 @@ def _predict_samples(model: torch.nn.Module, samples: Sequence[D.Sample], spatia
             while (start + len(group) < len(samples) and len(group) < batch_size
                    and samples[start + len(group)].image.shape == shape):
                 group.append(samples[start + len(group)])
-            padded = [D.pad_to_multiple(s.image.astype(np.float32), s.label, 32) for s in group]
+            padded = [D.pad_sample_to_multiple(s.image.astype(np.float32), s.label, 32) for s in group]
             batch = torch.from_numpy(np.stack([p[0] for p in padded])).to(device)
             logits = forward_logits(model, batch, device, amp)
             labels = torch.argmax(logits, dim=1).to(torch.uint8).cpu().numpy()
