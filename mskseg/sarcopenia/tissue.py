@@ -59,8 +59,8 @@ DEFAULT_METHOD = "rules"
 #: while a failed method (wrong slice content, a kidney taken as muscle, the fascia missed) falls below 0.85.
 DISAGREEMENT_DICE = 0.85
 #: Classes the disagreement flag looks at. Intermuscular fat is left out: its pixels are few and scattered
-#: (noise decides many of them), so its Dice is low even between two good methods (rules vs truth 0.6 on
-#: held-out phantoms); its Dice is still reported.
+#: (noise decides many of them), so its Dice is low even between two good methods (figures: README, "Bundled
+#: models"); its Dice is still reported.
 DISAGREEMENT_CLASSES = ("skeletal_muscle", "subcutaneous_fat", "visceral_fat")
 
 
