@@ -76,8 +76,17 @@ def test_resampled_model_spacing_maps_back_onto_the_source_grid(oblique_ct, thre
     result = segment_image(ct, card, device="cpu")
     assert result.labelmap.same_grid(ct)
     truth = ct.array > 0
-    agreement = np.mean(result.labelmap.array.astype(bool) == truth)
-    assert agreement > 0.97  # only voxels at the block edges may differ after resampling
+    wrong = result.labelmap.array.astype(bool) != truth
+    # only voxels at the block edges may differ after resampling: on a grid exactly twice as fine, every
+    # source voxel centre lies midway between two model voxel centres (grid of mskseg.image.spacing_grid), so
+    # nearest-neighbour mapping back may take the outer one at an edge
+    from scipy import ndimage
+
+    in_plane = np.zeros((1, 3, 3), bool)
+    in_plane[0, 1, :] = in_plane[0, :, 1] = True
+    edges = ndimage.binary_dilation(truth, in_plane) & ~ndimage.binary_erosion(truth, in_plane)
+    assert not (wrong & ~edges).any()
+    assert np.mean(~wrong) > 0.9
 
 
 def test_wrong_modality_and_tampered_weights_are_refused(oblique_ct, threshold_card):

@@ -14,6 +14,7 @@ from mskseg.models.networks import NETWORKS, register_network
 from mskseg.models.weights import save_weights
 from mskseg.sarcopenia import tissue as T
 from mskseg.sarcopenia.settings import VAT_HU_WIDE, BodyCompSettings
+from mskseg.sarcopenia.tissue_rules import trunk_mask
 from mskseg.synth.phantom import make_l3_batch
 from mskseg.train.evaluate import dice
 
@@ -132,7 +133,7 @@ def test_rules_cut_off_an_arm_lying_against_the_flank():
     hu[arm & ~trunk] = -100.0
     hu[(xx - 190) ** 2 + yy ** 2 <= 25 ** 2] = 45.0
     hu[(xx - 192) ** 2 + yy ** 2 <= 11 ** 2] = 700.0
-    body = T._trunk(hu, (px, px))
+    body = trunk_mask(hu, (px, px))
     assert body[200, 230] and body[200, 230 + int(130 / px)]  # the trunk and its flank stay
     assert not body[200, 230 + int(192 / px)] and not body[200, 230 + int(215 / px)]  # the arm goes
     assert not (body & arm & ~trunk).sum() > 0.05 * (arm & ~trunk).sum()

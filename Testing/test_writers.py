@@ -89,3 +89,23 @@ def test_export_dicom_seg_needs_dicom_input(tmp_path, oblique_ct, oblique_labels
     # the default list skips DICOM-SEG for non-DICOM input instead of failing
     files = export_result(tmp_path, oblique_ct, lab, labels)
     assert not any(p.suffix == ".dcm" for p in files)
+
+
+def test_to_jsonable_is_the_one_json_converter(tmp_path):
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from mskseg.io.common import to_jsonable
+
+    @dataclasses.dataclass
+    class Window:
+        low: float
+        high: float
+
+    value = {1: (np.int16(3), np.float32(0.5)), "w": Window(-29.0, 150.0), "nan": float("nan"),
+             "arr": np.array([[1, 2]]), "flag": np.bool_(True), "path": Path("/x"), "inf": np.float64("inf")}
+    plain = to_jsonable(value)
+    assert plain == {"1": [3, 0.5], "w": {"low": -29.0, "high": 150.0}, "nan": None, "arr": [[1, 2]],
+                     "flag": True, "path": "/x", "inf": None}
+    assert json.loads(json.dumps(plain, allow_nan=False)) == plain

@@ -205,21 +205,33 @@ def sub_progress(progress: Progress | None, start: float, stop: float) -> Progre
     return scaled
 
 
-class _Reporter:
-    """Calls ``progress`` with rising fractions and raises CancelledError on False or a cancelled token."""
+class ProgressReporter:
+    """Calls ``progress`` with rising fractions and raises CancelledError on False or a cancelled token.
+
+    Args:
+        progress: ``progress(fraction, message)``; returning False cancels. None: no reports.
+        cancel_token: checked at every report and :meth:`check`.
+        what: the work's name for the CancelledError message (``"slice inference"``).
+    """
 
     def __init__(self, progress: Progress | None, cancel_token: CancelToken | None, what: str):
         self.progress, self.cancel_token, self.what, self.last = progress, cancel_token, what, 0.0
 
     def check(self) -> None:
+        """Raise CancelledError when the token was cancelled."""
         if self.cancel_token is not None:
             self.cancel_token.raise_if_cancelled(self.what)
 
     def report(self, fraction: float, message: str) -> None:
+        """Report ``fraction`` (never less than the last one, at most 1); raise CancelledError if cancelled."""
         self.last = max(self.last, min(fraction, 1.0))
         if self.progress is not None and self.progress(self.last, message) is False:
             raise CancelledError(f"{self.what} was cancelled")
         self.check()
+
+
+#: Old private name, kept until :mod:`mskseg.sarcopenia.l3` imports :class:`ProgressReporter`.
+_Reporter = ProgressReporter
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -361,7 +373,7 @@ def predict_slices(model: torch.nn.Module, volume: np.ndarray, *, context: int =
                                 f"use indices 0..{num_slices - 1}")
     dev = _as_device(device)
     model = _prepare_model(model, dev)
-    reporter = _Reporter(progress, cancel_token, "slice inference")
+    reporter = ProgressReporter(progress, cancel_token, "slice inference")
     total = len(indices)
     reporter.report(0.0, f"slice inference: 0/{total} slices on {dev}")
     offsets = np.arange(-context, context + 1)
@@ -505,7 +517,7 @@ def predict_volume(model: torch.nn.Module, volume: np.ndarray, *, roi_size: Sequ
         acc, weights = acc[:, n:], weights[n:]
         slab_start = upto
 
-    reporter = _Reporter(progress, cancel_token, "3D inference")
+    reporter = ProgressReporter(progress, cancel_token, "3D inference")
     reporter.report(0.0, f"3D inference: 0/{total_batches} window batches on {dev}")
     done = 0
     with torch.inference_mode():

@@ -12,7 +12,7 @@ Conventions (the same as SimpleITK's, so converting costs nothing and loses noth
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -203,6 +203,15 @@ class Image:
         return "\n".join(lines)
 
 
+def axial_plane(image: Image, k: int) -> Image:
+    """The 2D image itself (``k`` must then be 0), or axial slice ``k`` of a volume with its in-plane geometry."""
+    if image.ndim == 2:
+        if k != 0:
+            raise InvalidImageError(f"slice index {k} given for a 2D image; use 0")
+        return image
+    return image.axial_slice(k)
+
+
 def labels_on_grid(labelmap: Image, reference: Image) -> np.ndarray:
     """The voxels of a label map resampled onto ``reference``'s grid (nearest neighbour, 0 outside).
 
@@ -232,6 +241,67 @@ def values_on_grid(image: Image, reference: Image, outside: float = 0.0) -> np.n
     out = sitk.Resample(moving, reference.to_sitk(), sitk.Transform(), sitk.sitkLinear, float(outside),
                         sitk.sitkFloat32)
     return sitk.GetArrayFromImage(out)
+
+
+#: Interpolation names of :func:`resample_to_spacing`.
+INTERPOLATIONS = ("linear", "nearest")
+
+
+def spacing_grid(image: Image, spacing: Sequence[float]) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """``(size, origin)`` of the grid :func:`resample_to_spacing` puts ``image`` on at ``spacing`` (mm).
+
+    The convention (the one the networks were trained with): the output keeps the direction, its first
+    voxel's outer corner lies exactly on the input's first voxel's outer corner, and each axis gets
+    ``max(1, round(n * s / t))`` voxels, so the field of view ``n * s`` is kept to within half an output voxel
+    at the far end. In index terms: output voxel ``m`` is centred on input index ``(m + 0.5) * t / s - 0.5``,
+    i.e. the origin moves by ``(t - s) / 2`` along each index axis.
+    """
+    target = np.asarray([float(t) for t in spacing])
+    source = np.asarray(image.spacing)
+    if target.size != image.ndim or not np.all(target > 0):
+        raise InvalidImageError(f"spacing {tuple(target)} does not suit a {image.ndim}D image (one value > 0 per "
+                                "index axis, in (i, j[, k]) order)")
+    size = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(image.size, source, target))
+    origin = np.asarray(image.origin) + image.direction @ ((target - source) / 2.0)
+    return size, tuple(float(o) for o in origin)
+
+
+def resample_to_spacing(image: Image, spacing: Sequence[float], *, interpolation: str = "linear",
+                        default: float | None = None) -> Image:
+    """``image`` resampled to voxel size ``spacing`` (mm, ``(i, j[, k])`` order) on the grid of :func:`spacing_grid`.
+
+    The one resampler of MSKSeg: training (:func:`mskseg.train.data.resample_array`) and inference
+    (:func:`mskseg.pipeline.resample_to_model`) both go through it, so a network sees the same voxel centres
+    in both.
+
+    Args:
+        image: 2D ``(J, I)`` or 3D ``(K, J, I)`` image.
+        spacing: target voxel size per index axis.
+        interpolation: ``"linear"`` (float32 result, for intensities) or ``"nearest"`` (the input's integer
+            type kept, for label maps).
+        default: value outside the input; None: the image minimum (linear) or 0 (nearest).
+
+    Returns:
+        The resampled image (metadata kept), or ``image`` itself when ``spacing`` equals its spacing
+        (within 0.1 %).
+    """
+    import SimpleITK as sitk
+
+    if interpolation not in INTERPOLATIONS:
+        raise InvalidImageError(f"interpolation '{interpolation}' is unknown; use one of {INTERPOLATIONS}")
+    target = tuple(float(t) for t in spacing)
+    if len(target) == image.ndim and np.allclose(target, image.spacing, rtol=1e-3):
+        return image
+    size, origin = spacing_grid(image, target)
+    linear = interpolation == "linear"
+    if default is None:
+        default = (float(np.min(image.array)) if image.array.size else 0.0) if linear else 0.0
+    src = image.to_sitk()
+    if linear:
+        src = sitk.Cast(src, sitk.sitkFloat32)
+    out = sitk.Resample(src, size, sitk.Transform(), sitk.sitkLinear if linear else sitk.sitkNearestNeighbor,
+                        origin, target, src.GetDirection(), float(default), src.GetPixelID())
+    return Image.from_sitk(out, image.metadata)
 
 
 def _fmt(values) -> str:

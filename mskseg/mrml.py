@@ -40,7 +40,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from .errors import ImageReadError, InvalidImageError, MSKSegError
 from .image import DICOM_METADATA_KEYS, LPS_TO_RAS, Image
-from .io.common import Labels, check_labelmap, prepare_output
+from .io.common import Labels, check_labelmap, prepare_output, to_jsonable
 from .terminology import get_class, slicer_terminology_entry
 
 #: Segment tag holding the MSKSeg class name (key of ``terminology.CLASSES`` or a user name).
@@ -89,7 +89,7 @@ def image_to_volume_node(
         if value is None:
             continue
         try:
-            node.SetAttribute(METADATA_ATTRIBUTE_PREFIX + key, json.dumps(_plain(value)))
+            node.SetAttribute(METADATA_ATTRIBUTE_PREFIX + key, json.dumps(to_jsonable(value)))
         except TypeError:  # a value JSON cannot hold (e.g. a pydicom object): not worth failing for
             continue
     node.CreateDefaultDisplayNodes()
@@ -749,16 +749,3 @@ def _table_value(array, row: int) -> Any:
     if array.GetDataType() in (VTK_FLOAT, VTK_DOUBLE):
         return None if math.isnan(value) else float(value)
     return int(value)
-
-
-def _plain(value: Any) -> Any:
-    """``value`` with numpy scalars and arrays turned into Python types (for JSON)."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value

@@ -1,7 +1,10 @@
-"""Helpers every writer uses: refuse to overwrite, check label maps against their image."""
+"""Helpers every writer uses: refuse to overwrite, check label maps against their image, make values JSON-ready."""
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -72,3 +75,31 @@ def _present_values(arr: np.ndarray) -> list[int]:
         labelled = arr[arr != 0]
         return [0, *np.flatnonzero(np.bincount(labelled, minlength=1)).tolist()][int(labelled.size == arr.size):]
     return np.unique(arr).tolist()
+
+
+def to_jsonable(value: Any) -> Any:
+    """``value`` as plain JSON-ready Python: the one converter every JSON writer and MRML attribute uses.
+
+    Dataclass instances become dicts (``dataclasses.asdict``), dict keys strings, tuples and numpy arrays
+    lists, numpy scalars Python numbers and booleans, paths strings; NaN and infinite floats become None
+    (JSON has no NaN). Anything else is returned as it is.
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_jsonable(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(x) for k, x in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(x) for x in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(float(value)) else None
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import terminology
 from ..image import Image
-from .common import Labels, check_labelmap, prepare_output
+from .common import Labels, check_labelmap, prepare_output, to_jsonable
 
 
 def write_nifti_labelmap(path: str | Path, labelmap: Image, labels: Labels, *, source: Image | None = None,
@@ -79,26 +79,9 @@ def _cell(v: Any) -> str:
 def write_metrics_json(path: str | Path, payload: dict[str, Any], *, overwrite: bool = False) -> Path:
     """Write a JSON document (numpy values converted; NaN written as null)."""
     path = prepare_output(path, overwrite)
-    path.write_text(json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n")
+    path.write_text(json.dumps(to_jsonable(payload), indent=2, allow_nan=False) + "\n")
     return path
 
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return _jsonable(v.tolist())
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        return None if not math.isfinite(float(v)) else float(v)
-    if isinstance(v, (np.bool_,)):
-        return bool(v)
-    if isinstance(v, Path):
-        return str(v)
-    return v
 
 
 def pick_report_slices(labelmap: Image, n: int = 3) -> list[int]:

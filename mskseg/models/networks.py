@@ -59,7 +59,7 @@ def register_network(name: str, builder: Callable[..., torch.nn.Module]) -> None
     NETWORKS[name] = builder
 
 
-def _builder_parameters(builder: Callable[..., Any]) -> set[str] | None:
+def builder_parameters(builder: Callable[..., Any]) -> set[str] | None:
     """Keyword names the builder accepts, or None when it takes ``**kwargs`` of its own."""
     target: Any = builder
     class_name = getattr(builder, "monai_class", None)
@@ -89,7 +89,7 @@ def build_network_from_architecture(name: str, args: dict[str, Any], source: str
             f"use one of: {', '.join(sorted(NETWORKS))} (or register a builder with "
             "mskseg.models.networks.register_network)")
     builder = NETWORKS[name]
-    accepted = _builder_parameters(builder)
+    accepted = builder_parameters(builder)
     if accepted is not None:
         unknown = sorted(set(args) - accepted)
         if unknown:
@@ -110,7 +110,7 @@ def network_args(card: ModelCard) -> dict[str, Any]:
     defaults = {"spatial_dims": card.spatial_dims, "in_channels": int(card.input["channels"]),
                 "out_channels": card.num_outputs}
     builder = NETWORKS.get(card.architecture["name"])
-    accepted = _builder_parameters(builder) if builder is not None else None
+    accepted = builder_parameters(builder) if builder is not None else None
     for key, value in defaults.items():
         if key not in args and (accepted is None or key in accepted):
             args[key] = value

@@ -38,6 +38,8 @@ def epilog() -> str:
         sets = "\n".join(f"  {s.describe()}" for s in CUTOFF_SETS.values())
     except ImportError:  # pragma: no cover - a partial installation
         sets = "  Prado 2008, Martin 2013, Derstine 2018, Yoon 2021, Kamo 2019"
+    from .settings import windows_help_text
+
     return f"""\
 examples:
   mskseg sarcopenia --demo                     the whole path on a synthetic CT made on the spot
@@ -52,8 +54,7 @@ cut-off sets (--cutoffs; flags need sex and height, Martin 2013 also weight):
 {sets}
 
 tissue windows (HU; Slice-O-Matic / Comp2Comp convention, reported in every output):
-  skeletal muscle -29..+150; IMAT and SAT -190..-30; VAT -150..-50 (--vat-window -190,-30 for the wider one).
-  Muscle-labelled pixels in the IMAT window count as IMAT.
+{windows_help_text()}
 
 Height, weight and sex default to the DICOM header (PatientSize in metres, PatientWeight, PatientSex).
 Height is in metres (1.72, not 172). The slice index of --levels is k of `mskseg info` (0-based, along the

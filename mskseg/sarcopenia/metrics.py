@@ -24,6 +24,7 @@ from ..errors import InvalidImageError, MSKSegError
 from ..image import Image
 from ..io.common import Labels, check_labelmap
 from .cutoffs import CUTOFF_SETS, classify, classify_all
+from .labels import MUSCLE_CLASSES, MUSCLE_GROUPS, TISSUE_LABELS
 from .settings import BodyCompSettings, PatientInfo, patient_from_metadata
 
 __all__ = [
@@ -32,14 +33,6 @@ __all__ = [
     "DESCRIPTIONS",
 ]
 
-#: The label values the tissue step writes.
-TISSUE_LABELS: Labels = {1: "skeletal_muscle", 2: "subcutaneous_fat", 3: "visceral_fat", 4: "intermuscular_fat"}
-
-#: Muscle group classes; each is skeletal muscle for the SMA and gets its own area columns.
-MUSCLE_GROUPS = ("psoas", "paraspinal", "abdominal_wall")
-
-#: Class names counted as skeletal muscle.
-MUSCLE_CLASSES = ("skeletal_muscle", *MUSCLE_GROUPS)
 
 #: The tissues measured, in column order: tissue key -> column prefix.
 _TISSUES = {"muscle": "SM", "imat": "IMAT", "sat": "SAT", "vat": "VAT"}

@@ -32,16 +32,15 @@ import numpy as np
 from ..engine import CancelToken, Progress
 from ..errors import InvalidImageError
 from ..image import Image
-from ..io.common import Labels
+from ..io.common import Labels, to_jsonable
 from ..orientation import Reorientation, labelmap_to_source, to_canonical
 from ..steps import StepRunner
+from .labels import TISSUE_LABELS
 
 #: Order of the steps of :func:`run_sarcopenia` (keys of :attr:`SarcopeniaResult.timings`) and their share of
 #: the progress bar.
 STEP_WEIGHTS = {"validate": 0.02, "locate": 0.43, "segment": 0.50, "measure": 0.05}
 STEPS = tuple(STEP_WEIGHTS)
-#: Class names of the tissue label map, by label value (the tissue step's output).
-TISSUE_LABELS: Labels = {1: "skeletal_muscle", 2: "subcutaneous_fat", 3: "visceral_fat", 4: "intermuscular_fat"}
 #: Lowest voxel value (HU) a CT of the abdomen holds somewhere: air outside the body, in the bowel or lungs.
 _CT_AIR_HU = -500.0
 
@@ -135,15 +134,15 @@ class SarcopeniaResult:
                 "position_mm": getattr(l3, "position_mm", None), "method": getattr(l3, "method", None),
                 "confidence": getattr(l3, "confidence", None), "fallback_used": getattr(l3, "fallback_used", False),
                 "levels_found": dict(getattr(l3, "levels", {}) or {}),
-                "cross_check": _plain(getattr(l3, "cross_check", {}) or {}),
+                "cross_check": to_jsonable(getattr(l3, "cross_check", {}) or {}),
             },
             "slices": list(self.slices),
             "tissue_method": self.tissue_method,
-            "tissue_cross_check": _plain(self.tissue_cross_check),
-            "settings": _plain(settings),
-            "patient": _plain(_patient_dict(self.patient)),
+            "tissue_cross_check": to_jsonable(self.tissue_cross_check),
+            "settings": to_jsonable(settings),
+            "patient": to_jsonable(_patient_dict(self.patient)),
             "cutoff_set": self.cutoff_set,
-            "summary": _plain(self.summary),
+            "summary": to_jsonable(self.summary),
             "warnings": list(self.warnings),
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
         }
@@ -309,7 +308,7 @@ def paint_muscle_groups(labelmap: Image, labels: Labels, group_labelmap: Image,
     pixels only: SMA stays the same (the metrics count group classes as skeletal muscle) and each group can
     be edited alone in the Segment Editor. Returns the new map and its labels.
     """
-    from .metrics import MUSCLE_GROUPS
+    from .labels import MUSCLE_GROUPS
 
     array = np.array(labelmap.array, copy=True)
     labels = dict(labels)
@@ -511,20 +510,3 @@ def _patient_dict(patient: Any) -> dict[str, Any]:
 
         return dataclasses.asdict(patient)
     return dict(vars(patient))
-
-
-def _plain(value: Any) -> Any:
-    """``value`` with dataclasses, tuples and numpy scalars turned into JSON-ready Python values."""
-    import dataclasses
-
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _plain(dataclasses.asdict(value))
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value

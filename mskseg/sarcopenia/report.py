@@ -22,6 +22,7 @@ import numpy as np
 
 from ..image import Image
 from ..io.common import prepare_output
+from .labels import MUSCLE_GROUPS
 
 #: Report colours (RGB 0..1) of the tissues; radiology-slide convention, not the Slicer terminology colours.
 TISSUE_COLOURS = {
@@ -236,9 +237,10 @@ def _metric_lines(result: Any, row: dict[str, Any]) -> list[tuple[str, str, str]
          if _number(row.get("TAT_cm2")) is not None else "–", "white"),
         ("VAT / SAT", f"{ratio:.2f}" if ratio is not None else "–", "white"),
     ]
-    for name, label in (("psoas", "  Psoas"), ("paraspinal", "  Paraspinal"), ("abdominal_wall", "  Abdominal wall")):
+    for name in MUSCLE_GROUPS:
         if _number(row.get(f"{name}_cm2")) is not None:
-            lines.append((label, area(f"{name}_cm2", f"{name}_mean_HU", "-"), "white"))
+            lines.append(("  " + name.replace("_", " ").capitalize(), area(f"{name}_cm2", f"{name}_mean_HU", "-"),
+                          "white"))
     patient_bits = []
     if patient is not None:
         if getattr(patient, "sex", None):

@@ -72,6 +72,48 @@ class BodyCompSettings:
                 for name, window in asdict(self).items()}
 
 
+#: Short tissue names for the window texts, in the order they are listed.
+_WINDOW_NAMES = {"muscle_hu": "skeletal muscle", "imat_hu": "IMAT", "sat_hu": "SAT", "vat_hu": "VAT"}
+
+
+def _hu(value: float) -> str:
+    """``150.0`` -> ``"+150"``, ``-29.0`` -> ``"-29"`` (a window bound as the help texts write it)."""
+    return f"{value:+g}" if value > 0 else f"{value:g}"
+
+
+def describe_windows(settings: BodyCompSettings | None = None, *, muscle_name: str = "skeletal muscle") -> str:
+    """The windows as one line of text, tissues with the same window named together.
+
+    Example (the defaults): ``"skeletal muscle -29..+150; IMAT and SAT -190..-30; VAT -150..-50"``.
+    Generated from the settings, so the help texts never repeat the numbers.
+    """
+    settings = settings or BodyCompSettings()
+    groups: dict[tuple[float, float], list[str]] = {}
+    for name, label in _WINDOW_NAMES.items():
+        label = muscle_name if name == "muscle_hu" else label
+        groups.setdefault(tuple(getattr(settings, name)), []).append(label)
+    return "; ".join(f"{_and(names)} {_hu(lo)}..{_hu(hi)}" for (lo, hi), names in groups.items())
+
+
+def _and(names: list[str]) -> str:
+    """``["IMAT", "SAT", "VAT"]`` -> ``"IMAT, SAT and VAT"``."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def windows_help_text() -> str:
+    """The tissue-window paragraph of ``mskseg sarcopenia --help`` (plain text, two lines, indented)."""
+    wide = f"{_hu(VAT_HU_WIDE[0])},{_hu(VAT_HU_WIDE[1])}"
+    return (f"  {describe_windows()} (--vat-window {wide} for the wider one).\n"
+            "  Muscle-labelled pixels in the IMAT window count as IMAT.")
+
+
+def windows_help_html() -> str:
+    """The tissue-window paragraph of the SarcopeniaSeg module help (HTML ``<p>``), from the default settings."""
+    wide = f"{_hu(VAT_HU_WIDE[0])}..{_hu(VAT_HU_WIDE[1])}"
+    return ("<p>Tissue windows (HU, the Slice-O-Matic / Comp2Comp convention, settings reported with every result): "
+            f"{describe_windows(muscle_name='muscle')} (or {wide}).</p>")
+
+
 @dataclass(frozen=True)
 class PatientInfo:
     """What is known about the patient; None where unknown.

@@ -3,58 +3,16 @@
 Two methods, both ending with the BODYCOMP HU windows of :class:`~mskseg.sarcopenia.settings.BodyCompSettings`
 (:func:`~mskseg.sarcopenia.metrics.apply_windows`):
 
-* ``"network"``: the 2D tissue model card (classes skeletal_muscle, subcutaneous_fat, visceral_fat,
-  intermuscular_fat; found with ``find_model_cards(task="sarcopenia")``) is run on the chosen slices only,
-  each resampled to the card's pixel spacing; its class probabilities (averaged with those of the left-right
-  mirror image) are interpolated back onto the exact
-  source grid and decoded with the windows (:func:`decode_tissue_probabilities`: the network says which
-  compartment a pixel lies in, the window which tissue it is); labels outside the trunk (arms, table; step 1
-  of the rules) are removed.
-* ``"rules"``: :func:`rule_based_tissues`, no network. The steps (each a small function below):
+* ``"network"``: the 2D tissue model card, decoded with the windows (:mod:`mskseg.sarcopenia.tissue_network`);
+* ``"rules"``: image rules, no network (:mod:`mskseg.sarcopenia.tissue_rules`).
 
-  1. body: pixels above -500 HU, holes (bowel gas, lungs) filled, opened by 2.5 mm (removes the thin couch),
-     split into cores by a 20 mm opening (10 mm for a slim arm); each pixel goes to its nearest core and only
-     the trunk core (the largest) is kept, so arms beside the abdomen and the table are left out even where
-     they touch the trunk. An arm pressed against the flank along its whole length survives every opening;
-     it is cut off along the line between the two notches where its outline meets the trunk's
-     (:func:`_touching_arm`; it must hold a bone and lie lateral).
-  2. skin: the outer 2 mm of the body is skin, never fat. Fat and soft tissue are told apart on a slightly
-     smoothed image (Gaussian 0.8-2.5 mm, more for noisier images) at a per-slice threshold 40 % of the way
-     from the fat peak to the soft-tissue peak of the histogram (fatty muscle can be near 0 HU).
-  3. fascia: along 360 rays from the body's centre, walking inwards from the skin, the first run of at
-     least 3 mm of non-fat tissue is the outer fascia of the abdominal-wall / back muscles. Fat outside it
-     (thin fibrous septa and Scarpa's fascia are crossed) is subcutaneous fat; where bowel gas comes first
-     (a thin linea alba over a gas-filled loop), the fascia is the first soft tissue outside the gas. The radius per angle is
-     median-filtered so one vessel in the fat cannot move it.
-  4. muscle ring: from the fascia inwards, the muscle layer (fat planes up to 3 mm between the oblique
-     layers are crossed) until a thicker fat plane, bone, tissue brighter than 115 HU (kidney cortex,
-     vessels) or an enhanced solid organ (liver, spleen: a large region more than 35 HU denser than the
-     slice's own wall muscle, :func:`_enhanced_organs`). Its thickness is capped per angle at a robust local value
-     (35th percentile over 31 degrees + 3 mm), so a bowel loop or organ lying against the wall is not
-     taken as wall muscle.
-  5. psoas, quadratus lumborum and paraspinal muscles: muscle-like connected regions (mean below 90 HU)
-     inside the ring that touch the spine (not its anterior face: aorta and cava lie there); small fat holes
-     inside them (intramuscular fat) belong to them; fat behind the vertebral body enclosed by the back
-     muscles and the vertebra is in the paraspinal compartment. A kidney, bowel loop or organ is separated
-     from the muscles by fat, so it is not taken; the vertebra (its cancellous interior and the spinal
-     canal included) is never a compartment.
-     Behind the tip of the spinous process, in the midline, lie ligament and subcutaneous fat; that strip
-     is never muscle or visceral fat, and the midline strip between the vertebral body and the most posterior
-     arch bone (the spinal canal where the arch is open on the slice) is part of the vertebra.
-  6. labels with the windows: muscle-window pixels of the compartments are muscle, fat-window pixels of
-     the compartments intermuscular fat (the fat between the paraspinal muscles is IMAT, not VAT), fat
-     inside the ring outside the compartments visceral fat, fat between skin and fascia subcutaneous fat.
+This module runs them (:func:`segment_tissues`). ``method="auto"`` uses :data:`DEFAULT_METHOD`; the other
+method runs as a cross-check and its per-class Dice against the chosen one is reported, with ``disagreement``
+set when the Dice of muscle, SAT or VAT (:data:`DISAGREEMENT_CLASSES`) is below :data:`DISAGREEMENT_DICE`.
 
-``method="auto"`` uses :data:`DEFAULT_METHOD` (chosen on measured development data, figures beside it);
-the other method runs as a cross-check and its per-class Dice against the chosen one is reported, with
-``disagreement`` set when the Dice of muscle, SAT or VAT (:data:`DISAGREEMENT_CLASSES`) is below
-:data:`DISAGREEMENT_DICE`.
-
-Muscle groups (psoas 5, paraspinal 6, abdominal wall 7, :data:`GROUP_LABELS`) overlap the muscle label, so
-they are returned as a separate label map: from a muscle-group model card when one is installed (a card of
-task sarcopenia whose classes are psoas, paraspinal, abdominal_wall), else from the rules: psoas = muscle
-beside the vertebral body, paraspinal = muscle posterior to the transverse processes (quadratus lumborum
-included), abdominal wall = the rest of the muscle ring.
+Muscle groups (:data:`~mskseg.sarcopenia.labels.GROUP_LABELS`: psoas, paraspinal, abdominal wall) overlap the
+muscle label, so they are returned as a separate label map: from a muscle-group model card when one is
+installed (a card of task sarcopenia whose classes are psoas, paraspinal, abdominal_wall), else from the rules.
 """
 from __future__ import annotations
 
@@ -65,38 +23,34 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from ..engine import CancelToken, Progress, sub_progress
 from ..errors import InvalidImageError, ModelCardError, MSKSegError
 from ..image import Image
 from ..io.common import Labels
+from ..pipeline import segment_slices as network_on_slices
+from .labels import GROUP_LABELS, TISSUE_LABELS
+from .tissue_network import (TISSUE_CARD_NAME, decode_tissue_probabilities, find_group_card, find_tissue_card,
+                             network_groups, network_tissues)
+from .tissue_rules import RuleCompartments, groups_for_muscle, rule_based_tissues, rule_compartments, rules_on_slices
 
 if TYPE_CHECKING:
     from ..models.cards import ModelCard
     from .settings import BodyCompSettings
 
-#: Tissue label values of :attr:`TissueResult.labelmap`.
-TISSUE_LABELS: Labels = {1: "skeletal_muscle", 2: "subcutaneous_fat", 3: "visceral_fat", 4: "intermuscular_fat"}
-#: Muscle-group label values of :attr:`TissueResult.group_labelmap` (they overlap the muscle label).
-GROUP_LABELS: Labels = {5: "psoas", 6: "paraspinal", 7: "abdominal_wall"}
-#: Name of the shipped tissue model card, preferred when several tissue cards are installed.
-TISSUE_CARD_NAME = "sarcopenia-l3-tissue-2d"
+__all__ = [
+    "TissueResult", "segment_tissues", "class_dice", "DEFAULT_METHOD", "DISAGREEMENT_DICE", "DISAGREEMENT_CLASSES",
+    # re-exported from the modules that own them, so ``mskseg.sarcopenia.tissue.X`` keeps working
+    "TISSUE_LABELS", "GROUP_LABELS", "TISSUE_CARD_NAME", "find_tissue_card", "find_group_card",
+    "decode_tissue_probabilities", "network_on_slices", "RuleCompartments", "rule_compartments",
+    "rule_based_tissues",
+]
 
-#: The method ``method="auto"`` runs, chosen with ``scripts/evaluate_tissue.py`` on development data:
-#: held-out synthetic L3 phantoms (make_l3_batch seed 20260 of phantom generator 2, never used in training: the
-#: shipped card is trained on l3-phantom seeds 0, 1 and 2), L3 slices of synthesize_ct(s0328) and the real
-#: ct-dicom-t12 series. Measured with `python scripts/evaluate_tissue.py --n 30`, mean Dice muscle / SAT / VAT / IMAT:
-#:                                   rules                          network (sarcopenia-l3-tissue-2d 1.1.0)
-#:   held-out phantoms (n=30)        0.812 / 0.943 / 0.852 / 0.622  0.974 / 0.972 / 0.964 / 0.892
-#:   synthesize_ct(s0328) L3 (n=6)   0.849 / 0.675 / 0.905 / 0.437  0.699 / 0.625 / 0.875 / 0.455
-#:   real ct-dicom-t12 (20 slices):  paraspinal Dice vs TotalSegmentator autochthon 0.696 (rules), 0.609
-#:                                   (network); liver/spleen/kidney/stomach pixels called muscle 0.02 % (rules),
-#:                                   1.7 % (network: speckles at the edges of enhancing liver and spleen, and
-#:                                   cancellous bone of a vertebral body on one slice).
-#: The network wins clearly on the held-out phantoms (the only data with exact truth) but loses on the
-#: label-map CTs of a real anatomy and on the real series. Real anatomy decides: "rules" is the default and the
-#: network runs beside it as the cross-check (its disagreement is reported).
+#: The method ``method="auto"`` runs, chosen with ``scripts/evaluate_tissue.py`` on development data (held-out
+#: synthetic L3 phantoms, L3 slices of synthesize_ct(s0328), the real ct-dicom-t12 series; figures in the
+#: README, "Bundled models"). The network wins on the held-out phantoms (the only data with exact truth) but
+#: loses on the label-map CTs of a real anatomy and on the real series. Real anatomy decides: "rules" is the
+#: default and the network runs beside it as the cross-check (its disagreement is reported).
 DEFAULT_METHOD = "rules"
 
 #: Cross-check threshold: when any tissue's Dice between the two methods is below this, the result carries
@@ -105,28 +59,9 @@ DEFAULT_METHOD = "rules"
 #: while a failed method (wrong slice content, a kidney taken as muscle, the fascia missed) falls below 0.85.
 DISAGREEMENT_DICE = 0.85
 #: Classes the disagreement flag looks at. Intermuscular fat is left out: its pixels are few and scattered
-#: (noise decides many of them), so its Dice is low even between two good methods (rules vs truth 0.6 on
-#: held-out phantoms); its Dice is still reported.
+#: (noise decides many of them), so its Dice is low even between two good methods (figures: README, "Bundled
+#: models"); its Dice is still reported.
 DISAGREEMENT_CLASSES = ("skeletal_muscle", "subcutaneous_fat", "visceral_fat")
-
-# rule parameters (mm / HU)
-_BODY_HU = -500.0
-_SKIN_MM = 2.0
-_SMOOTH_MM = 0.8
-_FASCIA_RUN_MM = 4.0
-_PLANE_GAP_MM = 3.0
-_ORGAN_HU = 115.0
-#: Enhanced organ tissue is at least this much denser than the wall muscle of the same slice (3 mm smoothing).
-_ORGAN_ABOVE_MUSCLE_HU = 35.0
-#: Smoothed HU between fat and (fatty-infiltrated) muscle, used to find the layers (not for the labels).
-_SOFT_HU = -60.0
-_BONE_HU = 200.0
-#: Smoothed HU below which a pixel inside the body is gas (bowel, lung), never fat.
-_GAS_HU = -400.0
-#: Half-width of the midline strip behind the vertebral body that holds the spinal canal (mm).
-_CANAL_HALF_MM = 9.0
-_MAX_WALL_MM = 80.0
-_N_RAYS = 360
 
 
 @dataclass
@@ -158,510 +93,15 @@ class TissueResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-# ============================================================================================ rules
-@dataclass
-class RuleCompartments:
-    """The regions the rules find on one slice (all boolean ``(J, I)`` unless said otherwise).
+def class_dice(a: np.ndarray, b: np.ndarray, labels: Labels = TISSUE_LABELS) -> dict[str, float | None]:
+    """Per-class Dice between two label arrays of one shape; None for a class absent from both."""
+    from ..train.evaluate import dice
 
-    Attributes:
-        body: the trunk (arms, table and air excluded), holes filled.
-        inner_body: the body without its skin rim.
-        subcutaneous: between skin and the outer fascia of the muscles.
-        cavity: inside the outer fascia (muscle ring, retroperitoneum, abdominal cavity).
-        compartments: the muscle compartments (ring, psoas, quadratus lumborum, paraspinal muscles).
-        groups: uint8 ``(J, I)`` group of each compartment pixel: 5 psoas, 6 paraspinal, 7 abdominal wall.
-        spine: the vertebra's bone.
-    """
-
-    body: np.ndarray
-    inner_body: np.ndarray
-    subcutaneous: np.ndarray
-    cavity: np.ndarray
-    compartments: np.ndarray
-    groups: np.ndarray
-    spine: np.ndarray
-
-
-def _disk_open(mask: np.ndarray, radius_mm: float, sampling: tuple[float, float]) -> np.ndarray:
-    """Morphological opening with a disk of ``radius_mm`` (Euclidean, anisotropic pixels allowed)."""
-    eroded = ndimage.distance_transform_edt(mask, sampling=sampling) > radius_mm
-    if not eroded.any():
-        return eroded
-    return ndimage.distance_transform_edt(~eroded, sampling=sampling) <= radius_mm
-
-
-def _trunk(hu: np.ndarray, sampling: tuple[float, float]) -> np.ndarray:
-    """The trunk: body pixels (> -500 HU) without table, couch and arms, holes filled."""
-    raw = hu > _BODY_HU
-    mask = ndimage.binary_fill_holes(raw)  # gas in bowel under a thin wall stays inside
-    mask = _disk_open(mask, 2.5, sampling)  # the couch's thin shells and cables
-    if not mask.any():
-        return mask
-    # cores (air near the edge left out, so the air between an arm and the flank does not bridge them): a
-    # 20 mm opening separates arms pressed against the flanks; a slim arm that vanishes in it keeps its 10 mm core
-    near_edge = ndimage.distance_transform_edt(mask, sampling=sampling) <= 15.0
-    core_mask = mask & ~(near_edge & ~raw)
-    cores = _disk_open(core_mask, 20.0, sampling)
-    core_lab, n = ndimage.label(cores)
-    if n:
-        big = core_lab == int(np.argmax(np.bincount(core_lab.ravel())[1:])) + 1
-        away = ndimage.distance_transform_edt(~big, sampling=sampling) > 15.0
-        small_lab, n_small = ndimage.label(_disk_open(core_mask, 10.0, sampling) & away & (core_lab == 0))
-        if n_small:
-            area = np.bincount(small_lab.ravel())[1:] * sampling[0] * sampling[1]
-            for value in np.flatnonzero(area > 1000.0) + 1:
-                n += 1
-                core_lab[small_lab == value] = n
-    if n == 0:
-        core_lab, n = ndimage.label(mask)
-    sizes = ndimage.sum(np.ones_like(core_lab), core_lab, index=np.arange(1, n + 1))
-    trunk_id = int(np.argmax(sizes)) + 1
-    if n > 1:  # every body pixel belongs to its nearest core: an arm touching the flank stays an arm
-        _, (jj, ii) = ndimage.distance_transform_edt(core_lab == 0, sampling=sampling, return_indices=True)
-        nearest = core_lab[jj, ii]
-        trunk = mask & (nearest == trunk_id)
-    else:
-        trunk = mask
-    trunk = ndimage.binary_fill_holes(_largest_component(trunk))
-    for _ in range(2):  # an arm on each side
-        arm = _touching_arm(trunk, hu, sampling)
-        if arm is None:
-            break
-        trunk = _largest_component(trunk & ~arm)
-    return trunk
-
-
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest connected component of ``mask`` (``mask`` itself when it has at most one)."""
-    lab, n = ndimage.label(mask)
-    if n <= 1:
-        return mask
-    return lab == int(np.argmax(np.bincount(lab.ravel())[1:])) + 1
-
-
-def _touching_arm(body: np.ndarray, hu: np.ndarray, sampling: tuple[float, float]) -> np.ndarray | None:
-    """An arm lying against the flank along its whole length, which no opening separates: cut off along the
-    line between the two notches where its outline meets the trunk's.
-
-    The notches are the two deepest concavities (body convex hull minus body, deeper than 8 mm) on one side
-    of the body. The body beyond the line joining their tips (away from the body's centre) is an arm when it
-    holds a bone of at least 1 cm2 (humerus, radius or ulna), lies lateral (its centre beyond 60 % of the
-    half-width from the midline) and is smaller than a third of the body. None when there is no such arm.
-    """
-    sy, sx = sampling
-    hull = _convex_fill(body)
-    defects = hull & ~body
-    if not defects.any():
-        return None
-    depth = ndimage.distance_transform_edt(hull, sampling=sampling)
-    lab, n = ndimage.label(defects)
-    if n < 2:
-        return None
-    cj, ci = ndimage.center_of_mass(body)
-    cols = np.flatnonzero(body.any(axis=0))
-    half_width = 0.5 * (cols[-1] - cols[0]) * sx
-    tips = []
-    for value in range(1, n + 1):
-        where = lab == value
-        d = np.where(where, depth, 0.0)
-        flat = int(np.argmax(d))
-        if d.flat[flat] < 8.0:
-            continue
-        tj, ti = np.unravel_index(flat, body.shape)
-        tips.append((float(d.flat[flat]), tj, ti))
-    for side in (-1, 1):
-        own = sorted((t for t in tips if (t[2] - ci) * side > 0), reverse=True)[:2]
-        if len(own) < 2:
-            continue
-        (_, aj, ai), (_, bj, bi) = own
-        # the half-plane beyond the line a-b, on the side away from the body's centre
-        jj, ii = np.mgrid[0:body.shape[0], 0:body.shape[1]]
-        cross = (bi - ai) * (jj - aj) * sy - (bj - aj) * (ii - ai) * sx
-        centre_side = np.sign((bi - ai) * (cj - aj) * sy - (bj - aj) * (ci - ai) * sx)
-        if centre_side == 0:
-            continue
-        beyond = body & (np.sign(cross) == -centre_side)
-        part, m = ndimage.label(beyond)
-        if not m:
-            continue
-        mid = (int(round((aj + bj) / 2)), int(round((ai + bi) / 2)))
-        near = np.zeros(body.shape, bool)
-        near[max(mid[0] - 3, 0):mid[0] + 4, max(mid[1] - 3, 0):mid[1] + 4] = True
-        ids = np.unique(part[near & beyond])
-        if not ids.size:
-            continue
-        arm = np.isin(part, ids)
-        area = arm.sum()
-        if area > body.sum() / 3.0:
-            continue
-        aj_, ai_ = ndimage.center_of_mass(arm)
-        if abs(ai_ - ci) * sx < 0.6 * half_width:
-            continue
-        bone = ndimage.binary_fill_holes(arm & (hu > 250.0))
-        blab, bn = ndimage.label(bone)
-        if not bn or np.bincount(blab.ravel())[1:].max() * sx * sy < 100.0:
-            continue
-        return arm
-    return None
-
-
-def _runs_first(flags: np.ndarray, length: int) -> int:
-    """Index of the first run of at least ``length`` True values in ``flags`` (1D), or -1."""
-    if length <= 1:
-        idx = np.flatnonzero(flags)
-        return int(idx[0]) if idx.size else -1
-    window = np.convolve(flags.astype(np.int32), np.ones(length, np.int32), mode="valid")
-    idx = np.flatnonzero(window >= length)
-    return int(idx[0]) if idx.size else -1
-
-
-def _circular_filter(values: np.ndarray, size: int, kind: str, percentile: float = 50.0) -> np.ndarray:
-    if kind == "median":
-        return ndimage.median_filter(values, size=size, mode="wrap")
-    return ndimage.percentile_filter(values, percentile, size=size, mode="wrap")
-
-
-def _convex_fill(mask: np.ndarray) -> np.ndarray:
-    """The convex hull of ``mask`` as a mask (``mask`` itself when it has fewer than 3 pixels or is flat)."""
-    pts = np.argwhere(mask)
-    if len(pts) < 3:
-        return mask
-    from scipy.spatial import Delaunay, QhullError
-
-    try:
-        from scipy.spatial import ConvexHull
-
-        hull = Delaunay(pts[ConvexHull(pts).vertices])
-    except QhullError:
-        return mask
-    (j0, i0), (j1, i1) = pts.min(axis=0), pts.max(axis=0)
-    jj, ii = np.mgrid[j0:j1 + 1, i0:i1 + 1]
-    inside = hull.find_simplex(np.column_stack([jj.ravel(), ii.ravel()])) >= 0
-    out = mask.copy()
-    out[j0:j1 + 1, i0:i1 + 1] |= inside.reshape(jj.shape)
+    out: dict[str, float | None] = {}
+    for value, name in labels.items():
+        d = dice(a, b, value)
+        out[name] = None if math.isnan(d) else round(float(d), 4)
     return out
-
-
-def _spine(smooth: np.ndarray, cavity: np.ndarray, centre: tuple[float, float],
-           sampling: tuple[float, float]) -> np.ndarray:
-    """The vertebra: the largest bone component inside the cavity near the midline, with bone within 35 mm."""
-    bone = (smooth > _BONE_HU) & cavity
-    lab, n = ndimage.label(bone)
-    if n == 0:
-        return bone
-    idx = np.arange(1, n + 1)
-    sizes = np.asarray(ndimage.sum(bone, lab, idx))
-    com = np.asarray(ndimage.center_of_mass(bone, lab, idx)).reshape(n, 2)
-    dx = np.abs(com[:, 1] - centre[1]) * sampling[1]
-    candidates = np.where(dx < 60.0, sizes, 0)
-    if candidates.max() <= 0:
-        return np.zeros_like(bone)
-    main = lab == (int(np.argmax(candidates)) + 1)
-    near = ndimage.distance_transform_edt(~main, sampling=sampling) <= 35.0
-    keep = np.unique(lab[near & bone])
-    front = np.flatnonzero(main.any(axis=1))[0]
-    keep = [v for v in keep if v > 0 and com[v - 1, 0] >= front]  # not the contrast-filled aorta in front
-    spine = np.isin(lab, keep)
-    # the cancellous interior (osteoporotic bone is below 200 HU) and the spinal canal belong to the vertebra
-    closed = ndimage.binary_closing(spine, iterations=max(1, int(round(6.0 / min(sampling)))))
-    return ndimage.binary_fill_holes(closed | spine)
-
-
-def _noise_sd(hu: np.ndarray, region: np.ndarray) -> float:
-    """Image noise (HU): the median over ``region`` of the standard deviation in 5 x 5 windows."""
-    mean = ndimage.uniform_filter(hu, 5)
-    var = np.maximum(ndimage.uniform_filter(hu * hu, 5) - mean * mean, 0.0)
-    values = var[region]
-    return float(np.sqrt(np.median(values))) if values.size else 0.0
-
-
-def _fat_soft_threshold(smooth: np.ndarray, region: np.ndarray) -> float:
-    """Smoothed HU separating fat from soft tissue on this slice: 40 % of the way from the fat peak to the
-    soft-tissue peak of the histogram (fat texture and noise vary by scanner; fatty muscle can be near 0 HU)."""
-    values = smooth[region]
-    fat = values[(values > -200) & (values < -30)]
-    soft = values[(values >= -29) & (values < 100)]
-    if fat.size < 100 or soft.size < 100:
-        return _SOFT_HU
-    bins = np.arange(-200, 101, 5)
-    hist, _ = np.histogram(values, bins)
-    centres = bins[:-1] + 2.5
-    fat_peak = centres[centres < -30][np.argmax(hist[centres < -30])]
-    soft_peak = centres[centres >= -29][np.argmax(hist[centres >= -29])]
-    return float(np.clip(fat_peak + 0.4 * (soft_peak - fat_peak), -75.0, -35.0))
-
-
-def _enhanced_organs(hu: np.ndarray, walls: dict[int, np.ndarray], run_n: int, soft_hu: float,
-                     inside: np.ndarray, sampling: tuple[float, float]) -> np.ndarray:
-    """Contrast-enhanced solid organs (liver, spleen) of this slice: large, thick regions clearly denser than
-    the slice's own wall muscle, so the walk through the muscle ring stops at them.
-
-    The wall muscle's level is the median smoothed HU 4-12 mm inside the outer fascia over all rays. Organ
-    pixels: on a 3 mm Gaussian, more than :data:`_ORGAN_ABOVE_MUSCLE_HU` above that level (and above 70 HU,
-    below bone), in regions that survive a 6 mm opening and cover at least 15 cm2. A muscle is never that much
-    denser than the other muscles of its slice over such an area, while portal-venous liver and spleen
-    (80-130 HU) lying against the wall between the ribs are; before this the walk ran into them up to the
-    fixed :data:`_ORGAN_HU`. Unenhanced organs are as dense as muscle and are not found here; the per-angle
-    thickness cap keeps them out.
-    """
-    deep = [w[run_n:3 * run_n] for w in walls.values() if w.size > run_n]
-    values = np.concatenate(deep) if deep else np.zeros(0)
-    values = values[(values >= soft_hu) & (values <= _ORGAN_HU)]
-    if values.size < 50:
-        return np.zeros(hu.shape, bool)
-    level = max(float(np.median(values)) + _ORGAN_ABOVE_MUSCLE_HU, 70.0)
-    smooth3 = ndimage.gaussian_filter(hu, sigma=(3.0 / sampling[0], 3.0 / sampling[1]))
-    organ = _disk_open(inside & (smooth3 > level) & (smooth3 < _BONE_HU), 6.0, sampling)
-    lab, n = ndimage.label(organ)
-    if not n:
-        return organ
-    area = np.bincount(lab.ravel())[1:] * sampling[0] * sampling[1]
-    return np.isin(lab, np.flatnonzero(area >= 1500.0) + 1)
-
-
-def rule_compartments(hu2d: np.ndarray, spacing: Sequence[float]) -> RuleCompartments:
-    """Find body, skin, subcutaneous layer, muscle compartments and groups on one axial slice (no network).
-
-    Args:
-        hu2d: HU image ``(J, I)``, rows anterior -> posterior, columns patient right -> left (the usual
-            axial display; :func:`segment_tissues` reorients slices for this).
-        spacing: pixel size ``(i, j)`` in mm.
-
-    Returns:
-        :class:`RuleCompartments`; the steps are described in this module's docstring.
-    """
-    hu = np.asarray(hu2d, np.float32)
-    if hu.ndim != 2:
-        raise InvalidImageError(f"rule-based tissues need one axial slice (J, I), got shape {hu.shape}")
-    sp_i, sp_j = float(spacing[0]), float(spacing[1])
-    sampling = (sp_j, sp_i)
-    shape = hu.shape
-    empty = np.zeros(shape, bool)
-    body = _trunk(hu, sampling)
-    if body.sum() * sp_i * sp_j < 2000.0:  # < 20 cm2: no trunk on this slice
-        return RuleCompartments(body, empty, empty, empty, empty, np.zeros(shape, np.uint8), empty)
-    inner_body = ndimage.distance_transform_edt(body, sampling=sampling) > _SKIN_MM
-    sigma_mm = float(np.clip(_SMOOTH_MM * _noise_sd(hu, inner_body) / 12.0, _SMOOTH_MM, 2.5))
-    smooth = ndimage.gaussian_filter(hu, sigma=(sigma_mm / sp_j, sigma_mm / sp_i))
-    cj, ci = ndimage.center_of_mass(body)
-    soft_hu = _fat_soft_threshold(smooth, inner_body)
-
-    # rays from the centre: profiles of smoothed HU and body, step `step` mm
-    step = 0.5 * min(sp_i, sp_j)
-    jj, ii = np.nonzero(body)
-    r_max = float(np.max(np.hypot((jj - cj) * sp_j, (ii - ci) * sp_i))) + 3.0
-    radii = np.arange(0.0, r_max, step)
-    theta = np.linspace(-np.pi, np.pi, _N_RAYS, endpoint=False)
-    pj = cj + np.sin(theta)[:, None] * radii[None, :] / sp_j
-    pi = ci + np.cos(theta)[:, None] * radii[None, :] / sp_i
-    prof = ndimage.map_coordinates(smooth, [pj, pi], order=1, mode="nearest")
-    inb = ndimage.map_coordinates(inner_body.astype(np.float32), [pj, pi], order=1, mode="constant") > 0.5
-
-    run_n = max(1, int(round(_FASCIA_RUN_MM / step)))
-    gas_n = max(1, int(round(1.0 / step)))
-    gap_n = max(1, int(round(_PLANE_GAP_MM / step)))
-    max_n = int(round(_MAX_WALL_MM / step))
-    r_fascia = np.zeros(_N_RAYS)
-    thick = np.zeros(_N_RAYS)
-    walls: dict[int, np.ndarray] = {}
-    starts: dict[int, tuple[int, int]] = {}
-    for m in range(_N_RAYS):
-        inside = np.flatnonzero(inb[m])
-        if inside.size == 0:
-            continue
-        outer = int(inside[-1])
-        seq = prof[m, outer::-1]  # inwards from the inner skin edge
-        soft = seq >= soft_hu
-        p = _runs_first(soft, run_n)
-        # bowel gas met before the fascia: the wall is thinner than the run (linea alba over a gas-filled loop);
-        # the fascia is the first soft tissue outside the gas (the thin wall), since subcutaneous fat never holds gas
-        g = _runs_first(seq < _GAS_HU, gas_n)
-        if g >= 0 and (p < 0 or g < p):
-            first_soft = _runs_first(soft[:g], 1)
-            p = first_soft if first_soft >= 0 else g
-        if p < 0:
-            r_fascia[m] = 0.0
-            continue
-        r_fascia[m] = radii[outer - p]
-        walls[m] = seq[p:p + max_n]
-        starts[m] = (outer, p)
-    organs = _enhanced_organs(hu, walls, run_n, soft_hu, inner_body, sampling)
-    organ_prof = (ndimage.map_coordinates(organs.astype(np.float32), [pj, pi], order=1, mode="constant") > 0.5
-                  if organs.any() else np.zeros(prof.shape, bool))
-    for m, wall in walls.items():
-        outer, p = starts[m]
-        muscle = (wall >= soft_hu) & (wall <= _ORGAN_HU)
-        other = (wall > _ORGAN_HU) | organ_prof[m, outer::-1][p:p + max_n]
-        stop = len(wall)
-        o = np.flatnonzero(other)
-        if o.size:
-            stop = min(stop, int(o[0]))
-        f = _runs_first(wall < soft_hu, gap_n + 1)
-        if f >= 0:
-            stop = min(stop, f)
-        last = np.flatnonzero(muscle[:stop])
-        thick[m] = (int(last[-1]) + 1) * step if last.size else 0.0
-    r_fascia = _circular_filter(r_fascia, 15, "median")
-    robust = _circular_filter(thick, 31, "percentile", 35.0)
-    thick = _circular_filter(np.minimum(thick, robust + 3.0), 5, "median")
-
-    yy = (np.arange(shape[0])[:, None] - cj) * sp_j
-    xx = (np.arange(shape[1])[None, :] - ci) * sp_i
-    rho = np.hypot(yy, xx)
-    ang = np.arctan2(yy, xx)
-    period = 2 * np.pi
-    rf = np.interp(ang, theta, r_fascia, period=period)
-    tk = np.interp(ang, theta, thick, period=period)
-    cavity = body & (rho <= rf)
-    subcutaneous = inner_body & ~cavity
-    ring = cavity & (rho >= rf - tk)
-
-    spine = _spine(smooth, cavity, (cj, ci), sampling)
-    bone_near = ndimage.distance_transform_edt(~(smooth > _BONE_HU), sampling=sampling) <= 1.0
-    compartments = ring & ~bone_near
-    groups = np.zeros(shape, np.uint8)
-    if spine.any():
-        srows = np.flatnonzero(spine.any(axis=1))
-        scols = np.flatnonzero(spine.any(axis=0))
-        y_front, y_back = srows[0], srows[-1]
-        y_body_back = y_front + 0.45 * (y_back - y_front)  # posterior edge of the vertebral body
-        y_body_mid = y_front + 0.22 * (y_back - y_front)
-        x_mid = 0.5 * (scols[0] + scols[-1])
-        midline = np.abs(np.arange(shape[1])[None, :] - x_mid) * sp_i <= _CANAL_HALF_MM
-        spine |= _convex_fill(spine & (np.arange(shape[0])[:, None] < y_body_back))  # body with open cortex
-        # the spinal canal where the arch is open on this slice (a slice through the pedicles or between
-        # laminae): the midline strip from the body to the most posterior bone behind it (lamina or spinous
-        # process) holds the canal and the dural sac, never muscle (multifidus lies beside the spinous process)
-        spine |= _convex_fill(spine & midline) & midline
-        candidate = cavity & ~ring & (smooth >= -29.0) & (smooth <= _ORGAN_HU) & ~bone_near & ~spine
-        candidate = _disk_open(candidate, 1.0, sampling)
-        lab, n = ndimage.label(candidate)
-        if n:
-            touch_spine = ndimage.distance_transform_edt(~spine, sampling=sampling) <= 3.0
-            idx = np.arange(1, n + 1)
-            com = np.asarray(ndimage.center_of_mass(candidate, lab, idx)).reshape(n, 2)
-            mean_hu = np.asarray(ndimage.mean(smooth, lab, idx))
-            hits_spine = np.asarray(ndimage.maximum(touch_spine, lab, idx)) > 0
-            half_w = max((scols[-1] - scols[0]) * 0.5, 10.0 / sp_i)
-            anterior = (com[:, 0] < y_body_mid) & (np.abs(com[:, 1] - x_mid) < half_w * 0.8)
-            chosen = idx[hits_spine & ~anterior & (mean_hu < 90.0)]  # not cancellous bone, not organs
-            muscles = np.isin(lab, chosen)
-            # fat holes inside a muscle (intramuscular streaks) belong to it; never the spinal canal
-            filled = ndimage.binary_fill_holes(muscles)
-            holes, nh = ndimage.label(filled & ~muscles)
-            if nh:
-                hidx = np.arange(1, nh + 1)
-                area = np.asarray(ndimage.sum(np.ones(shape), holes, hidx)) * sp_i * sp_j
-                has_bone = np.asarray(ndimage.maximum(bone_near, holes, hidx)) > 0
-                muscles |= np.isin(holes, hidx[(area < 400.0) & ~has_bone])
-            compartments |= muscles
-            # the paraspinal compartment: everything inside the fascia behind the vertebral body and within
-            # reach of the transverse processes (its fat clefts are intermuscular fat, never visceral)
-            cols = np.abs(np.arange(shape[1])[None, :] - x_mid) * sp_i
-            tp_half = (scols[-1] - scols[0]) * 0.5 * sp_i
-            rows_ = np.arange(shape[0])[:, None]
-            back_box = cavity & (rows_ > y_body_back + 5.0 / sp_j) & (cols < tp_half + 25.0)
-            back_box &= ~bone_near & ~spine
-            posterior = (compartments & (rows_ > y_body_back)) | spine
-            enclosed = ndimage.binary_fill_holes(posterior)
-            # below 80 HU: muscle and fat, not the cancellous bone of a vertebral body whose cortex is open
-            compartments |= _disk_open(back_box & enclosed & (smooth < 80.0), 0.8, sampling)
-            rows = np.arange(shape[0])[:, None]
-            psoas = np.isin(lab, idx[hits_spine & ~anterior & (com[:, 0] <= y_body_back)])
-            psoas = ndimage.binary_fill_holes(psoas) & muscles
-            groups[compartments] = 7
-            back = compartments & (rows > y_body_back) & (np.abs(np.arange(shape[1])[None, :] - x_mid) * sp_i
-                                                           < 110.0)
-            groups[back] = 6
-            groups[psoas] = 5
-        else:
-            groups[compartments] = 7
-    else:
-        groups[compartments] = 7
-    compartments &= ~spine
-    if spine.any():
-        # behind the tip of the spinous process, in the midline, lie the supraspinous ligament and
-        # subcutaneous fat, never muscle or visceral fat (the back muscles lie beside the process)
-        strip_rows = np.flatnonzero((spine & midline).any(axis=1))
-        if strip_rows.size:
-            behind = midline & (np.arange(shape[0])[:, None] > strip_rows[-1]) & cavity
-            cavity &= ~behind
-            compartments &= ~behind
-            subcutaneous |= behind & inner_body
-    groups[~compartments] = 0
-    return RuleCompartments(body, inner_body, subcutaneous, cavity, compartments, groups, spine)
-
-
-def _in(hu: np.ndarray, window: Sequence[float]) -> np.ndarray:
-    return (hu >= window[0]) & (hu <= window[1])
-
-
-def rule_based_tissues(hu2d: np.ndarray, spacing: Sequence[float],
-                       settings: BodyCompSettings | None = None) -> np.ndarray:
-    """Skeletal muscle, SAT, VAT and IMAT on one axial CT slice by image rules (no network).
-
-    Args:
-        hu2d: HU image ``(J, I)``, rows anterior -> posterior (the usual axial display).
-        spacing: pixel size ``(i, j)`` in mm.
-        settings: HU windows; default :class:`~mskseg.sarcopenia.settings.BodyCompSettings` ().
-
-    Returns:
-        uint8 ``(J, I)`` with :data:`TISSUE_LABELS` values (1 muscle, 2 SAT, 3 VAT, 4 IMAT; 0 none). The HU
-        windows are already applied.
-    """
-    from .settings import BodyCompSettings
-
-    settings = settings or BodyCompSettings()
-    hu = np.asarray(hu2d, np.float32)
-    comp = rule_compartments(hu, spacing)
-    return _labels_from_compartments(hu, comp, settings)
-
-
-def _labels_from_compartments(hu: np.ndarray, comp: RuleCompartments, settings: BodyCompSettings) -> np.ndarray:
-    out = np.zeros(hu.shape, np.uint8)
-    out[comp.subcutaneous & _in(hu, settings.sat_hu)] = 2
-    out[comp.cavity & ~comp.compartments & ~comp.spine & _in(hu, settings.vat_hu)] = 3
-    out[comp.compartments & _in(hu, settings.imat_hu)] = 4
-    out[comp.compartments & _in(hu, settings.muscle_hu)] = 1
-    return out
-
-
-# ============================================================================================ slices
-def _display_transform(image: Image) -> tuple[bool, bool, bool]:
-    """(transpose, flip rows, flip columns) that put an axial slice of ``image`` in the usual display:
-    rows anterior -> posterior (LPS +y), columns patient right -> left (LPS +x). Oblique grids are taken by
-    their dominant axes."""
-    d = np.asarray(image.direction, float)
-    d2 = d[:2, :2] if d.shape[0] >= 2 else np.eye(2)
-    # column c of the direction matrix: the physical direction of index axis c (i = 0, j = 1)
-    transpose = abs(d2[0, 0]) + abs(d2[1, 1]) < abs(d2[1, 0]) + abs(d2[0, 1])
-    if transpose:
-        flip_cols = d2[0, 1] < 0  # after transposing, columns run along the old j axis
-        flip_rows = d2[1, 0] < 0
-    else:
-        flip_cols = d2[0, 0] < 0
-        flip_rows = d2[1, 1] < 0
-    return bool(transpose), bool(flip_rows), bool(flip_cols)
-
-
-def _to_display(array: np.ndarray, how: tuple[bool, bool, bool]) -> np.ndarray:
-    transpose, flip_rows, flip_cols = how
-    out = array.T if transpose else array
-    if flip_rows:
-        out = out[::-1]
-    if flip_cols:
-        out = out[:, ::-1]
-    return np.ascontiguousarray(out)
-
-
-def _from_display(array: np.ndarray, how: tuple[bool, bool, bool]) -> np.ndarray:
-    transpose, flip_rows, flip_cols = how
-    out = array
-    if flip_cols:
-        out = out[:, ::-1]
-    if flip_rows:
-        out = out[::-1]
-    return np.ascontiguousarray(out.T if transpose else out)
 
 
 def _checked_slices(image: Image, slices: Sequence[int]) -> list[int]:
@@ -680,187 +120,6 @@ def _checked_slices(image: Image, slices: Sequence[int]) -> list[int]:
         raise InvalidImageError(f"slice indices {bad} are outside the volume's {image.array.shape[0]} slices",
                                 f"use indices 0..{image.array.shape[0] - 1}")
     return ks
-
-
-def _slice(image: Image, k: int) -> Image:
-    return image if image.ndim == 2 else image.axial_slice(k)
-
-
-def _rules_on_slices(image: Image, ks: list[int], settings: BodyCompSettings, want_groups: bool,
-                     cancel: CancelToken | None, report: Progress | None) -> tuple[dict[int, np.ndarray],
-                                                                                  dict[int, np.ndarray]]:
-    """Rule labels (windows applied) and rule groups, per slice, on the source slice grid."""
-    how = _display_transform(image)
-    labels: dict[int, np.ndarray] = {}
-    groups: dict[int, np.ndarray] = {}
-    for n, k in enumerate(ks):
-        if cancel is not None:
-            cancel.raise_if_cancelled("tissue segmentation")
-        sl = _slice(image, k)
-        hu = _to_display(np.asarray(sl.array, np.float32), how)
-        spacing = sl.spacing[::-1] if how[0] else sl.spacing
-        comp = rule_compartments(hu, spacing)
-        labels[k] = _from_display(_labels_from_compartments(hu, comp, settings), how)
-        if want_groups:
-            groups[k] = _from_display(comp.groups, how)
-        if report is not None and report((n + 1) / len(ks), f"rules: slice {n + 1}/{len(ks)}") is False:
-            from ..errors import CancelledError
-
-            raise CancelledError("tissue segmentation was cancelled")
-    return labels, groups
-
-
-# ============================================================================================ network
-def find_tissue_card(model: ModelCard | str | Path | None = None) -> ModelCard | None:
-    """The tissue model card: ``model`` when given (a card, card file or name), else the installed card of task
-    ``sarcopenia`` whose classes are the four tissues (``sarcopenia-l3-tissue-2d`` preferred); None if none.
-
-    Raises:
-        ModelCardError: ``model`` was given but is not a 2D/2.5D card with the four tissue classes.
-    """
-    from ..models import find_model_cards, resolve_model_card
-
-    wanted = set(TISSUE_LABELS.values())
-    if model is not None:
-        card = resolve_model_card(model, task="sarcopenia")
-        if not wanted <= set(card.labels.values()) or card.dimensions == "3d":
-            raise ModelCardError(f"model card '{card.name}' is not a 2D tissue model (classes "
-                                 f"{sorted(card.labels.values())}, {card.dimensions})",
-                                 f"choose a 2D/2.5D card with the classes {sorted(wanted)}")
-        return card
-    cards = [c for c in find_model_cards(task="sarcopenia")
-             if set(c.labels.values()) == wanted and c.dimensions in ("2d", "2.5d")]
-    cards.sort(key=lambda c: c.name != TISSUE_CARD_NAME)
-    return cards[0] if cards else None
-
-
-def find_group_card() -> ModelCard | None:
-    """An installed muscle-group card (task sarcopenia, classes psoas, paraspinal, abdominal_wall), or None."""
-    from ..models import find_model_cards
-
-    wanted = set(GROUP_LABELS.values())
-    cards = [c for c in find_model_cards(task="sarcopenia")
-             if set(c.labels.values()) == wanted and c.dimensions in ("2d", "2.5d")]
-    return cards[0] if cards else None
-
-
-def network_on_slices(image: Image, ks: list[int], card: ModelCard, *, device: str = "auto",
-                      progress: Progress | None = None, cancel_token: CancelToken | None = None,
-                      network: Any = None, output: str = "labels",
-                      flip_average: bool = False) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
-    """Run a 2D/2.5D card on slices ``ks`` only, each resampled to the card's spacing, and map the result back
-    onto each source slice's grid.
-
-    Args:
-        output: ``"labels"``: card label values (argmax on the model grid, nearest neighbour back, no windows
-            applied); ``"probabilities"``: the softmax of every card class (channel ``c`` = card value ``c``,
-            0 = background) interpolated linearly onto the source grid, so boundaries fall between source
-            pixels rather than on the model's coarser grid.
-        flip_average: with probabilities, also run the left-right mirror image and average (twice the time).
-
-    Returns:
-        ``({k: (J, I) uint8 labels or (C, J, I) float32 probabilities}, details)``.
-    """
-    from ..engine import choose_device, normalise, predict_slices
-    from ..image import values_on_grid
-    from ..models.weights import load_model
-    from ..pipeline import PAD_MULTIPLE, _pad, labels_to_source_grid, resample_to_model
-
-    t0 = time.perf_counter()
-    chosen = choose_device(device)
-    net = network if network is not None else load_model(card, chosen.device)
-    context = card.context_slices
-    n_slices = image.array.shape[0] if image.ndim == 3 else 1
-    blocks = []
-    grids = []
-    for k in ks:
-        neighbours = [min(max(k + o, 0), n_slices - 1) for o in range(-context, context + 1)]
-        resampled = [resample_to_model(_slice(image, m), card) for m in neighbours]
-        grids.append(resampled[context])
-        blocks.append(np.stack([np.asarray(r.array, np.float32) for r in resampled]))
-    shapes = {b.shape[1:] for b in blocks}
-    if len(shapes) != 1:  # cannot happen for slices of one volume; guard for odd inputs
-        raise InvalidImageError(f"resampled slices differ in shape: {sorted(shapes)}")
-    volume = normalise(np.concatenate(blocks), card.input)
-    background = float(volume.min()) if volume.size else 0.0
-    padded, (j, i) = _pad(volume, PAD_MULTIPLE, background)
-    centres = [b * (2 * context + 1) + context for b in range(len(ks))]
-    result = predict_slices(net, padded, context=context, device=chosen.device, progress=progress,
-                            cancel_token=cancel_token, slice_indices=centres, output=output)
-    out: dict[int, np.ndarray] = {}
-    if output == "probabilities" and flip_average:
-        # the mirror image too (left-right), probabilities averaged: a boundary the network is unsure of is
-        # decided by both views
-        mirrored = predict_slices(net, np.ascontiguousarray(padded[..., ::-1]), context=context,
-                                  device=chosen.device, cancel_token=cancel_token, slice_indices=centres,
-                                  output=output)
-        result = 0.5 * (result.astype(np.float32) + mirrored[..., ::-1].astype(np.float32))
-    if output == "probabilities":
-        for n, k in enumerate(ks):
-            source = _slice(image, k)
-            out[k] = np.stack([values_on_grid(grids[n].with_array(np.asarray(result[c, n, :j, :i], np.float32)),
-                                              source, outside=1.0 if c == 0 else 0.0)
-                               for c in range(result.shape[0])])
-    else:
-        lab = result[:, :j, :i]
-        known = set(card.labels)
-        for n, k in enumerate(ks):
-            one = np.where(np.isin(lab[n], list(known)), lab[n], 0).astype(np.uint8)
-            out[k] = labels_to_source_grid(one, grids[n], _slice(image, k))
-    return out, {"model": card.name, "device": chosen.device, "device_reason": chosen.reason,
-                 "network_seconds": round(time.perf_counter() - t0, 3)}
-
-
-def decode_tissue_probabilities(hu: np.ndarray, probabilities: np.ndarray, card_labels: Labels,
-                                settings: BodyCompSettings) -> np.ndarray:
-    """Tissue labels from the network's class probabilities on one slice, with the HU windows deciding the
-    tissue and the network only the compartment.
-
-    The windows already say whether a pixel is fat or muscle; what the network adds is where the pixel lies:
-    in a muscle compartment (its muscle and intermuscular-fat probabilities together), under the skin
-    (subcutaneous fat), in the abdomen (visceral fat) or outside all of them. Each pixel takes the most
-    probable compartment, then :func:`~mskseg.sarcopenia.metrics.apply_windows` gives it its tissue: muscle in
-    the muscle window, intermuscular fat in the IMAT window, the compartment's fat in its window, else nothing.
-    So a fat pixel inside a muscle is never lost to a near tie between "muscle" and "IMAT", and a noisy pixel
-    at the edge of a window cannot change compartment.
-
-    Args:
-        hu: ``(J, I)`` HU.
-        probabilities: ``(C, J, I)`` class probabilities, channel = card label value (0 background).
-        card_labels: the card's ``{value: class name}``.
-        settings: the windows.
-
-    Returns:
-        ``(J, I)`` uint8 labels with :data:`TISSUE_LABELS` values.
-    """
-    from .metrics import apply_windows
-
-    names = {int(v): n for v, n in card_labels.items()}
-    by_name = {n: v for v, n in TISSUE_LABELS.items()}
-    compartments = {0: np.asarray(probabilities[0], np.float32).copy()}  # tissue value -> probability
-    for value in range(1, probabilities.shape[0]):
-        name = names.get(value)
-        if name not in by_name:
-            compartments[0] += probabilities[value]
-            continue
-        target = by_name["skeletal_muscle"] if name == "intermuscular_fat" else by_name[name]
-        compartments[target] = compartments.get(target, 0.0) + probabilities[value]
-    order = sorted(compartments)
-    stack = np.stack([np.broadcast_to(compartments[v], hu.shape) for v in order])
-    labels = np.asarray(order, np.uint8)[np.argmax(stack, axis=0)]
-    return apply_windows(np.asarray(hu, np.float32), labels, settings, TISSUE_LABELS).astype(np.uint8)
-
-
-# ============================================================================================ entry point
-def class_dice(a: np.ndarray, b: np.ndarray, labels: Labels = TISSUE_LABELS) -> dict[str, float | None]:
-    """Per-class Dice between two label arrays of one shape; None for a class absent from both."""
-    from ..train.evaluate import dice
-
-    out: dict[str, float | None] = {}
-    for value, name in labels.items():
-        d = dice(a, b, value)
-        out[name] = None if math.isnan(d) else round(float(d), 4)
-    return out
 
 
 def segment_tissues(image: Image, slices: Sequence[int] | None, *, method: str = "auto",
@@ -902,108 +161,96 @@ def segment_tissues(image: Image, slices: Sequence[int] | None, *, method: str =
     ks = _checked_slices(image, [0] if slices is None and image.ndim == 2 else (slices or []))
     warnings: list[str] = []
     card = find_tissue_card(model) if (method != "rules" or cross_check) else None
-    if method == "network" and card is None:
-        raise ModelCardError("no tissue model card is installed (task sarcopenia, classes skeletal_muscle, "
-                             "subcutaneous_fat, visceral_fat, intermuscular_fat)",
-                             f"install {TISSUE_CARD_NAME} in Resources/Models or MSKSEG_MODELS_DIR, pass --model, "
-                             "or use method 'rules'")
-    chosen = method
-    if method == "auto":
-        chosen = DEFAULT_METHOD if (DEFAULT_METHOD == "rules" or card is not None) else "rules"
-        if card is None and DEFAULT_METHOD == "network":
-            warnings.append("no tissue model card is installed: the rule-based method was used")
+    chosen = _choose_method(method, card, warnings)
     run_network = card is not None and (chosen == "network" or cross_check)
     run_rules = chosen == "rules" or cross_check
-    want_rule_groups = muscle_groups
 
-    net_raw: dict[int, np.ndarray] = {}
     details: dict[str, Any] = {"settings": settings.as_dict()}
     share = 0.7 if run_network and run_rules else 1.0
+    net_lab: dict[int, np.ndarray] = {}
     if run_network:
-        net_raw, info = network_on_slices(image, ks, card, device=device, cancel_token=cancel_token,
-                                          progress=sub_progress(progress, 0.0, share), network=network,
-                                          output="probabilities", flip_average=True)
+        net_lab, info = network_tissues(image, ks, card, settings, device=device, cancel_token=cancel_token,
+                                        progress=sub_progress(progress, 0.0, share), network=network)
         details.update(info)
     rule_lab: dict[int, np.ndarray] = {}
     rule_groups: dict[int, np.ndarray] = {}
-    if run_rules or want_rule_groups:
-        rule_lab, rule_groups = _rules_on_slices(image, ks, settings, want_rule_groups, cancel_token,
-                                                 sub_progress(progress, share if run_network else 0.0, 1.0))
-
-    net_lab: dict[int, np.ndarray] = {}
-    if run_network:
-        how = _display_transform(image)
-        for k in ks:
-            sl = _slice(image, k)
-            hu = np.asarray(sl.array, np.float32)
-            lab = decode_tissue_probabilities(hu, net_raw[k], card.labels, settings)
-            # only the trunk is measured: arms beside the abdomen, the table and air are never a tissue
-            hu_d = _to_display(hu, how)
-            spacing = sl.spacing[::-1] if how[0] else sl.spacing
-            lab[~_from_display(_trunk(hu_d, (float(spacing[1]), float(spacing[0]))), how)] = 0
-            net_lab[k] = lab
+    if run_rules or muscle_groups:
+        rule_lab, rule_groups = rules_on_slices(image, ks, settings, muscle_groups, cancel_token,
+                                                sub_progress(progress, share if run_network else 0.0, 1.0))
 
     primary = net_lab if chosen == "network" else rule_lab
     other = rule_lab if chosen == "network" else net_lab
-    full = np.zeros(image.array.shape, np.uint8)
-    for k in ks:
-        if image.ndim == 2:
-            full[...] = primary[k]
-        else:
-            full[k] = primary[k]
+    full = _on_image(image, ks, primary)
     check: dict[str, Any] = {}
     if cross_check and other:
-        a = np.stack([primary[k] for k in ks])
-        b = np.stack([other[k] for k in ks])
-        dices = class_dice(a, b)
-        low = {n: d for n, d in dices.items()
-               if n in DISAGREEMENT_CLASSES and d is not None and d < DISAGREEMENT_DICE}
-        check = {"dice": dices, "disagreement": bool(low), "threshold": DISAGREEMENT_DICE,
-                 "other_method": "rules" if chosen == "network" else "network"}
-        if low:
-            warnings.append("the network and the rule-based method disagree on " + ", ".join(
-                f"{n} (Dice {d:.2f})" for n, d in low.items()) + f" (threshold {DISAGREEMENT_DICE}): check the "
-                "segmentation before using the measurements")
+        check = _cross_check(primary, other, ks, chosen, warnings)
     elif cross_check and chosen == "rules" and card is None:
         warnings.append("no tissue model card is installed: no cross-check with a network was possible")
 
     group_image = None
     group_labels: Labels = {}
     if muscle_groups:
-        group_full = np.zeros(image.array.shape, np.uint8)
-        group_card = find_group_card()
-        for k in ks:
-            muscle = full[k] == 1 if image.ndim == 3 else full == 1
-            if group_card is not None:
-                g_raw, _ = network_on_slices(image, [k], group_card, device=device, cancel_token=cancel_token)
-                by_name = {n: v for v, n in GROUP_LABELS.items()}
-                g = np.zeros(muscle.shape, np.uint8)
-                for v, n in group_card.labels.items():
-                    if n in by_name:
-                        g[g_raw[k] == v] = by_name[n]
-            else:
-                g = rule_groups[k]
-            g = _groups_for_muscle(g, muscle)
-            if image.ndim == 3:
-                group_full[k] = g
-            else:
-                group_full[...] = g
-        group_image = image.with_array(group_full, keep_metadata=False)
+        group_image, details["groups_from"] = _muscle_groups(image, ks, full, rule_groups, device, cancel_token)
         group_labels = dict(GROUP_LABELS)
-        details["groups_from"] = group_card.name if group_card is not None else "rules"
     details["seconds"] = round(time.perf_counter() - t0, 3)
     return TissueResult(image.with_array(full, keep_metadata=False), dict(TISSUE_LABELS), chosen, ks, check,
                         warnings, group_image, group_labels, details)
 
 
-def _groups_for_muscle(groups: np.ndarray, muscle: np.ndarray) -> np.ndarray:
-    """Give every muscle pixel the group of the nearest grouped pixel (groups only on muscle pixels)."""
-    out = np.zeros(muscle.shape, np.uint8)
-    if not muscle.any():
-        return out
-    if not groups.any():
-        out[muscle] = 7  # no compartment found: the muscle ring is all that is left
-        return out
-    _, (jj, ii) = ndimage.distance_transform_edt(groups == 0, return_indices=True)
-    out[muscle] = groups[jj, ii][muscle]
-    return out
+def _choose_method(method: str, card: ModelCard | None, warnings: list[str]) -> str:
+    """The method that gives the labels: ``method``, or for ``"auto"`` :data:`DEFAULT_METHOD` when it can run.
+
+    Raises:
+        ModelCardError: ``method="network"`` and no tissue card.
+    """
+    if method == "network" and card is None:
+        raise ModelCardError("no tissue model card is installed (task sarcopenia, classes skeletal_muscle, "
+                             "subcutaneous_fat, visceral_fat, intermuscular_fat)",
+                             f"install {TISSUE_CARD_NAME} in Resources/Models or MSKSEG_MODELS_DIR, pass --model, "
+                             "or use method 'rules'")
+    if method != "auto":
+        return method
+    if card is None and DEFAULT_METHOD == "network":
+        warnings.append("no tissue model card is installed: the rule-based method was used")
+    return DEFAULT_METHOD if (DEFAULT_METHOD == "rules" or card is not None) else "rules"
+
+
+def _on_image(image: Image, ks: list[int], per_slice: dict[int, np.ndarray]) -> np.ndarray:
+    """Per-slice ``(J, I)`` labels placed into a uint8 array of ``image``'s shape (0 elsewhere)."""
+    full = np.zeros(image.array.shape, np.uint8)
+    for k in ks:
+        if image.ndim == 2:
+            full[...] = per_slice[k]
+        else:
+            full[k] = per_slice[k]
+    return full
+
+
+def _cross_check(primary: dict[int, np.ndarray], other: dict[int, np.ndarray], ks: list[int], chosen: str,
+                 warnings: list[str]) -> dict[str, Any]:
+    """Per-class Dice between the two methods on slices ``ks``; a warning when they disagree."""
+    dices = class_dice(np.stack([primary[k] for k in ks]), np.stack([other[k] for k in ks]))
+    low = {n: d for n, d in dices.items() if n in DISAGREEMENT_CLASSES and d is not None and d < DISAGREEMENT_DICE}
+    if low:
+        warnings.append("the network and the rule-based method disagree on " + ", ".join(
+            f"{n} (Dice {d:.2f})" for n, d in low.items()) + f" (threshold {DISAGREEMENT_DICE}): check the "
+            "segmentation before using the measurements")
+    return {"dice": dices, "disagreement": bool(low), "threshold": DISAGREEMENT_DICE,
+            "other_method": "rules" if chosen == "network" else "network"}
+
+
+def _muscle_groups(image: Image, ks: list[int], tissues: np.ndarray, rule_groups: dict[int, np.ndarray],
+                   device: str, cancel_token: CancelToken | None) -> tuple[Image, str]:
+    """The muscle-group label map on ``image``'s grid (every muscle pixel of ``tissues`` in a group) and
+    where the groups came from (the group card's name, or ``"rules"``)."""
+    group_card = find_group_card()
+    per_slice = {}
+    for k in ks:
+        muscle = tissues[k] == 1 if image.ndim == 3 else tissues == 1
+        if group_card is not None:
+            groups = network_groups(image, k, group_card, device=device, cancel_token=cancel_token)
+        else:
+            groups = rule_groups[k]
+        per_slice[k] = groups_for_muscle(groups, muscle)
+    return (image.with_array(_on_image(image, ks, per_slice), keep_metadata=False),
+            group_card.name if group_card is not None else "rules")

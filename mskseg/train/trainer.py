@@ -25,12 +25,9 @@ threads is left as the caller set it (``torch.set_num_threads``); results can di
 from __future__ import annotations
 
 import contextlib
-import csv
-import datetime as _dt
 import json
 import logging
 import math
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -43,6 +40,9 @@ from ..errors import CancelledError, ModelCardError, MSKSegError, OutputExistsEr
 from ..io.common import Labels
 from ..engine import forward_logits
 from . import data as D
+from .card_writer import draft_card, measure_inference, training_section, validation_section
+from .checkpoints import CHECKPOINT_FORMAT, config_fingerprint, load_checkpoint, save_checkpoint, write_log
+from .data import HELD_OUT_INDEX
 
 if TYPE_CHECKING:
     import torch
@@ -51,11 +51,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Synthetic sample indices from here on are held out for validation and never drawn for training.
-HELD_OUT_INDEX = 1_000_000_000
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "training_log.csv"
-CHECKPOINT_FORMAT = "mskseg-train-checkpoint/1"
 
 #: Named architectures for ``--architecture``; any registered builder can be given as {"name", "args"} too.
 ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -478,7 +475,7 @@ def _predict_samples(model: torch.nn.Module, samples: Sequence[D.Sample], spatia
             while (start + len(group) < len(samples) and len(group) < batch_size
                    and samples[start + len(group)].image.shape == shape):
                 group.append(samples[start + len(group)])
-            padded = [D.pad_to_multiple(s.image.astype(np.float32), s.label, 32) for s in group]
+            padded = [D.pad_sample_to_multiple(s.image.astype(np.float32), s.label, 32) for s in group]
             batch = torch.from_numpy(np.stack([p[0] for p in padded])).to(device)
             logits = forward_logits(model, batch, device, amp)
             labels = torch.argmax(logits, dim=1).to(torch.uint8).cpu().numpy()
@@ -503,69 +500,6 @@ def _dice_per_class(predictions: Sequence[np.ndarray], samples: Sequence[D.Sampl
 def _mean_score(per_class: Mapping[str, float]) -> float:
     finite = [v for v in per_class.values() if not math.isnan(v)]
     return float(np.mean(finite)) if finite else float("nan")
-
-
-# ============================================================================================== checkpoints
-def _fingerprint(config: TrainConfig) -> dict[str, Any]:
-    """The settings that decide the weights; a resumed run must have the same."""
-    def text(v: Any) -> Any:
-        if v is None or isinstance(v, (bool, int, float, str)):
-            return v
-        if isinstance(v, os.PathLike):
-            return str(Path(v).expanduser().resolve())
-        if getattr(v, "path", None) is not None:  # a ModelCard
-            return str(v.path)
-        if isinstance(v, Mapping):
-            return {str(k): text(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [text(x) for x in v]
-        return str(getattr(v, "name", None) or v)
-
-    keys = ("name", "data", "labels", "synthetic", "synthetic_fraction", "synthetic_validation_samples",
-            "synthetic_pool",
-            "only_labelled_slices", "model_card", "fine_tune_from", "freeze_encoder", "task", "dimensions",
-            "context_slices", "spacing_mm", "normalisation", "window", "patch_size", "architecture", "epochs",
-            "steps_per_epoch", "batch_size", "learning_rate", "weight_decay", "scheduler", "dice_weight",
-            "ce_weight", "foreground_probability", "folds", "fold", "validation_fraction", "validate_every",
-            "patience", "min_delta", "seed")
-    out = {k: text(getattr(config, k)) for k in keys}
-    out["augmentation"] = config.augmentation.describe()
-    return json.loads(json.dumps(out))
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    import torch
-
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, str(tmp))
-    os.replace(tmp, path)
-
-
-def _load_checkpoint(path: Path) -> dict[str, Any]:
-    import torch
-
-    try:
-        state = torch.load(str(path), weights_only=True, map_location="cpu")
-    except Exception as exc:  # torch raises several types for damaged files
-        raise MSKSegError(f"checkpoint {path} cannot be read: {exc}",
-                          "the file is damaged; start again without --resume (and --overwrite)") from exc
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise MSKSegError(f"{path} is not an MSKSeg training checkpoint")
-    return state
-
-
-def _write_log(path: Path, history: Sequence[Mapping[str, Any]]) -> None:
-    columns: list[str] = []
-    for row in history:
-        columns += [k for k in row if k not in columns]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        for row in history:
-            writer.writerow(["" if row.get(c) is None or (isinstance(row.get(c), float) and math.isnan(row[c]))
-                             else (f"{row[c]:.6g}" if isinstance(row.get(c), float) else row[c]) for c in columns])
-    os.replace(tmp, path)
 
 
 # ============================================================================================== train
@@ -659,7 +593,7 @@ def train(config: TrainConfig, progress: Progress | None = None,
     # ------------------------------------------------------------------ card draft and network
     from ..models import ModelCard, build_network
 
-    card_draft = _card_draft(config, base, dimensions, input_spec, classes, architecture)
+    card_draft = draft_card(config, base, dimensions, input_spec, classes, architecture)
     draft = ModelCard.from_dict(card_draft, paths["card"])
     device = _device(config.device)
     torch.manual_seed(config.seed)
@@ -707,13 +641,13 @@ def train(config: TrainConfig, progress: Progress | None = None,
 
     # ------------------------------------------------------------------ state (fresh or resumed)
     rng = np.random.default_rng(config.seed)
-    fingerprint = _fingerprint(config)
+    fingerprint = config_fingerprint(config)
     start_epoch, global_step, synthetic_index = 0, 0, 0
     best_score, best_epoch, best_state, bad_validations = -math.inf, None, None, 0
     history: list[dict[str, Any]] = []
     stopped_early = False
     if config.resume:
-        state = _load_checkpoint(paths["checkpoint"])
+        state = load_checkpoint(paths["checkpoint"])
         saved = json.loads(state["config"])
         differences = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
         if differences:
@@ -809,7 +743,7 @@ def train(config: TrainConfig, progress: Progress | None = None,
             history.append(row)
             epoch += 1
             if epoch % max(config.checkpoint_every, 1) == 0 or epoch == config.epochs or stopped_early:
-                _save_checkpoint(paths["checkpoint"], {
+                save_checkpoint(paths["checkpoint"], {
                     "format": CHECKPOINT_FORMAT, "config": json.dumps(fingerprint), "epoch": epoch,
                     "global_step": global_step, "synthetic_index": synthetic_index,
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -819,7 +753,7 @@ def train(config: TrainConfig, progress: Progress | None = None,
                     "best_score": best_score, "best_epoch": best_epoch, "best_state": best_state,
                     "bad_validations": bad_validations, "stopped_early": stopped_early,
                     "history": json.dumps(history)})
-            _write_log(paths["log"], history)
+            write_log(paths["log"], history)
             if on_epoch is not None:
                 on_epoch(dict(row))
     if stopped_early:
@@ -831,14 +765,14 @@ def train(config: TrainConfig, progress: Progress | None = None,
 
     sha = save_weights(final_state, paths["weights"], overwrite=True)
     model.load_state_dict(final_state)
-    timing = _measure_inference(model, input_spec, spatial_dims, device, use_amp)
+    timing = measure_inference(model, input_spec, spatial_dims, device, use_amp)
     seconds = elapsed_before + (time.perf_counter() - t_start)
     card_draft["weights"] = {"file": paths["weights"].name, "sha256": sha, "format": "safetensors"}
-    card_draft["training"] = _training_section(
+    card_draft["training"] = training_section(
         config, cases, train_names, val_names, train_samples, val_samples, synthetic, fraction, synthetic_index,
         len(synthetic_val), history, best_epoch, stopped_early, steps_per_epoch, global_step, augmentation,
         pretrained_note, frozen, device, seconds, case_paths, maker)
-    card_draft["validation"] = _validation_section(history, best_epoch, classes, val_samples, val_names, config,
+    card_draft["validation"] = validation_section(history, best_epoch, classes, val_samples, val_names, config,
                                                    synthetic, len(synthetic_val))
     card_draft["timing"] = timing
     # Existing results were refused before training (unless overwrite): the card is this run's to write.
@@ -849,11 +783,11 @@ def train(config: TrainConfig, progress: Progress | None = None,
 
 def _check_architecture(architecture: Mapping[str, Any], spatial_dims: int) -> None:
     """Build the architecture once with placeholder channels so a bad spec fails before the data is read."""
-    from ..models.networks import NETWORKS, _builder_parameters, build_network_from_architecture
+    from ..models.networks import NETWORKS, builder_parameters, build_network_from_architecture
 
     args = dict(architecture["args"])
     builder = NETWORKS.get(architecture["name"])
-    accepted = _builder_parameters(builder) if builder is not None else None
+    accepted = builder_parameters(builder) if builder is not None else None
     for key, value in (("spatial_dims", spatial_dims), ("in_channels", 1), ("out_channels", 2)):
         if accepted is None or key in accepted:
             args.setdefault(key, value)
@@ -866,171 +800,3 @@ def _device(preference: str) -> torch.device:
     from ..engine import choose_device
 
     return torch.device(choose_device(preference).device)
-
-
-def _card_draft(config: TrainConfig, base: ModelCard | None, dimensions: str, input_spec: Mapping[str, Any],
-                classes: Labels, architecture: Mapping[str, Any]) -> dict[str, Any]:
-    from .. import terminology
-
-    modality = config.modality or (base.modality if base is not None else "CT")
-    task = config.task or (base.task if base is not None else "custom")
-    return {
-        "schema_version": "1.0",
-        "name": config.name,
-        "title": config.title or f"{config.name} (trained with mskseg train)",
-        "task": task,
-        "version": config.version,
-        "description": config.description or (
-            f"{dimensions} segmentation of {', '.join(classes.values())}, trained with mskseg train"
-            + (f" (fine-tuned from {config.fine_tune_from})" if config.fine_tune_from is not None else "") + "."),
-        "licence": config.licence,
-        "modality": modality,
-        "dimensions": dimensions,
-        "input": json.loads(json.dumps(input_spec)),
-        "classes": [{"label": int(v), "name": n, "display_name": terminology.get_class(n).display_name}
-                    for v, n in sorted(classes.items())],
-        "architecture": json.loads(json.dumps(architecture)),
-        "weights": {"file": f"{config.name}.safetensors", "sha256": "0" * 64, "format": "safetensors"},
-        "training": {"data": "pending"},
-        "validation": [],
-    }
-
-
-def _training_section(config: TrainConfig, cases, train_names, val_names, train_samples, val_samples,
-                      synthetic: D.SyntheticData | None, fraction: float, synthetic_drawn: int, synthetic_val_n: int,
-                      history, best_epoch, stopped_early, steps_per_epoch, global_step,
-                      augmentation: D.Augmentation, pretrained_note, frozen, device, seconds, case_paths,
-                      maker: _BatchMaker) -> dict:
-    import monai
-    import torch
-
-    from .. import __version__
-
-    parts, sources = [], []
-    if cases:
-        formats = sorted({_format_of(p.label) for p in case_paths})
-        unit = "volumes" if train_samples and train_samples[0].slice_index is None else "slices"
-        parts.append(f"{len(train_samples)} {unit} from {len(train_names)} cases in {config.data} "
-                     f"(label files: {', '.join(formats)})")
-        sources.append({"kind": "files", "path": str(config.data), "label_formats": formats,
-                        "cases": len(cases), "training_cases": len(train_names),
-                        "validation_cases": len(val_names), "training_samples": len(train_samples),
-                        "validation_samples": len(val_samples)})
-    if synthetic is not None:
-        if config.synthetic_pool:
-            drawn = (f"a pool of {config.synthetic_pool} samples (indices 0..{config.synthetic_pool - 1}, "
-                     f"{len(maker.cache)} used)")
-        else:
-            drawn = f"{synthetic_drawn} samples drawn (indices 0..{max(synthetic_drawn - 1, 0)})"
-        parts.append(f"synthetic generator {synthetic.name} {synthetic.version or '(unversioned)'} with seed "
-                     f"{config.seed}: {drawn}, {fraction:.0%} of each batch; {synthetic_val_n} held-out samples "
-                     "for validation")
-        sources.append({"kind": "synthetic", "generator": synthetic.name, "version": synthetic.version,
-                        "samples_drawn": len(maker.cache) if config.synthetic_pool else synthetic_drawn,
-                        "pool": config.synthetic_pool or None, "batch_fraction": fraction,
-                        "held_out_samples": synthetic_val_n, "held_out_indices_from": HELD_OUT_INDEX})
-    section: dict[str, Any] = {
-        "data": "; ".join(parts),
-        "generator_version": synthetic.version if synthetic is not None else None,
-        "seed": int(config.seed),
-        "epochs": len(history),
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "sources": sources,
-        "validation_cases": list(val_names),
-        "split": ({"kind": "k-fold", "folds": config.folds, "fold": config.fold} if config.folds >= 2 else
-                  {"kind": "hold-out", "fraction": config.validation_fraction}),
-        "loss": {"name": "monai.losses.DiceCELoss", "dice_weight": float(config.dice_weight),
-                 "ce_weight": float(config.ce_weight), "include_background_in_dice": False},
-        "optimizer": {"name": "AdamW", "learning_rate": config.learning_rate, "weight_decay": config.weight_decay},
-        "scheduler": config.scheduler,
-        "batch_size": config.batch_size,
-        "steps_per_epoch": steps_per_epoch,
-        "steps": global_step,
-        "epochs_planned": config.epochs,
-        "best_epoch": best_epoch,
-        "early_stopping": {"patience": config.patience, "min_delta": config.min_delta,
-                           "stopped_early": stopped_early},
-        "augmentation": augmentation.describe(),
-        "only_labelled_slices": config.only_labelled_slices,
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "training_seconds": round(seconds, 1),
-        "software": {"mskseg": __version__, "torch": torch.__version__, "monai": monai.__version__},
-    }
-    if pretrained_note is not None:
-        section["fine_tuned_from"] = pretrained_note
-        section["frozen_parameters"] = len(frozen)
-    return section
-
-
-def _format_of(path: Path) -> str:
-    lower = str(path).lower()
-    for suffix, name in ((".seg.nrrd", "seg.nrrd"), (".nii.gz", "NIfTI"), (".nii", "NIfTI"), (".nrrd", "NRRD"),
-                         (".nhdr", "NRRD"), (".mha", "MetaImage"), (".mhd", "MetaImage"), (".dcm", "DICOM-SEG")):
-        if lower.endswith(suffix):
-            return name
-    if lower.endswith(D.PICTURE_SUFFIXES):
-        return "PNG mask" if lower.endswith(".png") else "picture mask"
-    return "DICOM-SEG"
-
-
-def _validation_section(history, best_epoch, classes: Labels, val_samples, val_names, config: TrainConfig,
-                        synthetic: D.SyntheticData | None, synthetic_val_n: int) -> list[dict[str, Any]]:
-    """Dice per class (and the mean) at the epoch whose weights are kept; nothing unmeasured."""
-    rows = [h for h in history if h["epoch"] == best_epoch] or [h for h in history if any(
-        k.endswith("_dice_mean") for k in h)][-1:]
-    if not rows:
-        return []
-    row = rows[0]
-    out = []
-    sets = []
-    if val_samples:
-        where = (f"fold {config.fold} of {config.folds}" if config.folds >= 2 else
-                 f"{len(val_names)} held-out cases")
-        unit = "cases" if val_samples[0].slice_index is None else "slices"
-        sets.append(("val", "real-development", f"user data {config.data}: {where}", len(val_samples), unit))
-    if synthetic is not None and synthetic_val_n:
-        sets.append(("synthetic_val", "synthetic-held-out",
-                     f"{synthetic.name} {synthetic.version or ''} held-out samples".replace("  ", " "),
-                     synthetic_val_n, "samples"))
-    for prefix, kind, dataset, n, unit in sets:
-        note = f"epoch {row['epoch']}; mean over {unit} where the class is present in reference or prediction"
-        for value, name in sorted(classes.items()):
-            v = row.get(f"{prefix}_dice_{name}")
-            if v is not None and not math.isnan(v):
-                out.append({"dataset": dataset, "kind": kind, "metric": "dice", "class": name,
-                            "value": round(float(v), 4), "n": int(n), "note": note})
-        mean = row.get(f"{prefix}_dice_mean")
-        if mean is not None and not math.isnan(mean):
-            out.append({"dataset": dataset, "kind": kind, "metric": "dice", "value": round(float(mean), 4),
-                        "n": int(n), "note": note + "; mean over classes"})
-    return out
-
-
-def _measure_inference(model: torch.nn.Module, input_spec: Mapping[str, Any], spatial_dims: int,
-                       device: torch.device, amp: bool) -> dict[str, Any]:
-    """Measured time of one forward pass of one patch (median of 3 after a warm-up)."""
-    import torch
-
-    from ..engine import choose_device
-
-    patch = [int(p) for p in input_spec["patch_size"]]
-    x = torch.zeros((1, int(input_spec.get("channels", 1)), *patch), device=device)
-    model.eval()
-    times = []
-    with torch.inference_mode():
-        for i in range(4):
-            t = time.perf_counter()
-            if amp and device.type == "cuda":
-                with torch.autocast(device_type="cuda", dtype=torch.float16):
-                    model(x)
-                torch.cuda.synchronize()
-            else:
-                model(x)
-            if i:
-                times.append(time.perf_counter() - t)
-    key = "gpu_seconds" if device.type == "cuda" else "cpu_seconds"
-    hardware = choose_device(str(device)).name
-    return {key: round(float(np.median(times)), 4),
-            "input": f"one {'x'.join(map(str, patch))} patch, batch 1 (network forward pass only)",
-            "hardware": hardware}
