@@ -1,4 +1,4 @@
-"""The background worker (:mod:`mskseg.worker`).
+"""The background worker (:mod:`mskseg.worker`) and the Slicer side's runner of it (``MSKSegLib.background``).
 
 The worker runs a task in a child process and reports JSON events on its standard output; these tests run the
 real child on a small synthetic CT (HU rules, a few seconds) and check what a GUI relies on: rising progress,
@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -124,3 +125,63 @@ def test_a_crashed_child_is_reported_as_an_internal_error(tmp_path):
     events = worker.start().wait(timeout=30)
     assert events == [{"event": "error", "message": "internal error: the worker stopped with exit status 139: "
                                                     "segmentation fault in a C library"}]
+
+
+# ------------------------------------------------------------------------------ MSKSegLib.background
+@pytest.fixture
+def scene():
+    slicer = pytest.importorskip("slicer", reason="needs the pip package slicer-core")
+    if not hasattr(slicer, "vtkMRMLScene"):
+        pytest.skip("the installed 'slicer' package has no vtkMRMLScene (install slicer-core)")
+    return slicer.vtkMRMLScene()
+
+
+class _Timer:
+    """Stand-in for the ``QTimer`` that polls the run; the test calls ``poll`` itself."""
+
+    def __init__(self):
+        self.active = False
+
+    def start(self):
+        self.active = True
+
+    def stop(self):
+        self.active = False
+
+
+def _background_run(scene, torso, **callbacks):
+    from MSKSegLib.background import BackgroundRun
+    from mskseg import mrml
+
+    volume = mrml.image_to_volume_node(torso, scene, "CT")
+    bar, label = SimpleNamespace(value=0), SimpleNamespace(text="")
+    run = BackgroundRun("sarcopenia", volume, RULES, progress_bar=bar, status_label=label, timer=_Timer(),
+                        python=sys.executable, **callbacks)
+    return run, bar, label
+
+
+def test_background_run_shows_progress_and_hands_over_the_result_folder(scene, torso, tmp_path):
+    done, failed, finished, bars = [], [], [], []
+    run, bar, label = _background_run(scene, torso, on_done=done.append, on_failed=lambda *a: failed.append(a),
+                                      on_finished=lambda: finished.append(True))
+    run.start()
+    assert run.timer.active
+    deadline = time.monotonic() + 120
+    while not run.finished and time.monotonic() < deadline:
+        run.poll()
+        bars.append(bar.value)
+        time.sleep(0.05)
+    assert failed == [] and done == [run.out_dir] and finished == [True]
+    assert max(bars) >= 90 and bar.value == 0 and not run.timer.active
+    assert not (run.folder / "input.nrrd").exists()  # the input copy is removed, the result kept
+    # the volume's patient metadata went with it: the same metrics as an in-process run on the image
+    assert (run.out_dir / "metrics.csv").read_text() == _in_process_metrics(torso, tmp_path)
+
+
+def test_cancelled_background_run_discards_its_folder_and_loads_nothing(scene, torso):
+    done, finished = [], []
+    run, bar, label = _background_run(scene, torso, on_done=done.append, on_finished=lambda: finished.append(True))
+    run.start()
+    run.cancel()
+    assert run.finished and finished == [True] and done == []
+    assert label.text == "Cancelled." and not run.folder.exists()

@@ -199,9 +199,10 @@ class WorkerProcess:
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
         env["PYTHONUNBUFFERED"] = "1"
+        # CREATE_NO_WINDOW: on Windows a console child of a GUI application would open a console window.
         self.process = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         stdin=subprocess.DEVNULL, text=True, encoding="utf-8", errors="replace",
-                                        env=env)
+                                        env=env, creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
         self._readers = [threading.Thread(target=self._read_events, args=(self.process.stdout,), daemon=True),
                          threading.Thread(target=self._read_stderr, args=(self.process.stderr,), daemon=True)]
         for reader in self._readers:
