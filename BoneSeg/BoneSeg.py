@@ -2,7 +2,7 @@
 
 Slicer's scripted-module template classes with what is particular to bones: texts, parameter node, names and
 the synthetic bones of the self-test. Panel, logic and self-test behave as in every MSKSeg module and come
-from ``mskseg.slicer_setup``; torch and MONAI are imported by ``mskseg`` only when a model runs.
+from ``MSKSegLib``; torch and MONAI are imported by ``mskseg`` only when a model runs.
 """
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import pathlib
 import sys
 from typing import Annotated
 
-if importlib.util.find_spec("mskseg") is None:
-    # Developer mode: this module folder was added to Slicer's additional module paths, and the mskseg
-    # package sits in the repository root one level up. An installed extension has mskseg beside this file.
+if importlib.util.find_spec("MSKSegLib") is None:
+    # Developer mode: this module folder was added to Slicer's additional module paths, and the packages
+    # mskseg (the core) and MSKSegLib (the Slicer side) sit in the repository root one level up. An installed
+    # extension has both beside this file.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
@@ -23,7 +24,7 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadab
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest
 from slicer.util import VTKObservationMixin
 
-from mskseg import slicer_setup  # standard library only: cheap at Slicer start-up
+import MSKSegLib  # standard library and mskseg's light modules only: cheap at Slicer start-up
 
 
 class BoneSeg(ScriptedLoadableModule):
@@ -40,26 +41,26 @@ Segments the bones of a CT: vertebrae (C1 to L5, each labelled), ribs, sternum, 
 hip bones, femora, humeri, scapulae and clavicles, as far as the chosen model covers them (its model card lists
 the classes). Each segment carries its SNOMED CT code, name and colour, so that DICOM-SEG exports are read
 correctly by other viewers.
-""" + slicer_setup.HELP_FOOTER
-        self.parent.acknowledgementText = slicer_setup.ACKNOWLEDGEMENT
-        slicer_setup.register_module(self.parent)
+""" + MSKSegLib.HELP_FOOTER
+        self.parent.acknowledgementText = MSKSegLib.ACKNOWLEDGEMENT
+        MSKSegLib.register_module(self.parent)
 
 
 @parameterNodeWrapper
-class BoneSegParameterNode(slicer_setup.TaskParameters):
+class BoneSegParameterNode(MSKSegLib.TaskParameters):
     """Every choice of the module, saved with the scene.
 
     The fields bound in BoneSeg.ui; the bone model (``modelCard``) comes from TaskParameters.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode  # a CT
-    device: Annotated[str, Choice(slicer_setup.DEVICE_CHOICES)] = "auto"
+    device: Annotated[str, Choice(MSKSegLib.DEVICE_CHOICES)] = "auto"
     outputSegmentation: vtkMRMLSegmentationNode
     exportFolder: pathlib.Path
     overwrite: bool = False
 
 
-class BoneSegWidget(slicer_setup.TaskWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class BoneSegWidget(MSKSegLib.TaskWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The module panel, as TaskWidgetMixin builds it.
 
     Bones have no tool beside Apply, Export and Edit, so only names and messages are set here.
@@ -70,8 +71,8 @@ class BoneSegWidget(slicer_setup.TaskWidgetMixin, ScriptedLoadableModuleWidget, 
     APPLY_FAILURE = "Bone segmentation failed."
 
 
-class BoneSegLogic(slicer_setup.TaskLogicMixin, ScriptedLoadableModuleLogic):
-    """Runs bone models through ``mskseg.app``, usable from Python without the widget.
+class BoneSegLogic(MSKSegLib.TaskLogicMixin, ScriptedLoadableModuleLogic):
+    """Runs bone models through the task registry (``mskseg.tasks``), usable from Python without the widget.
 
     Listing, device report, segmentation and export are those of TaskLogicMixin, for the task "bone".
     """
@@ -80,7 +81,7 @@ class BoneSegLogic(slicer_setup.TaskLogicMixin, ScriptedLoadableModuleLogic):
     PARAMETER_NODE = BoneSegParameterNode
 
 
-class BoneSegTest(slicer_setup.TaskTestMixin, ScriptedLoadableModuleTest):
+class BoneSegTest(MSKSegLib.TaskTestMixin, ScriptedLoadableModuleTest):
     """Self-test run by Slicer (Reload and Test, and ctest).
 
     TaskTestMixin's tests, on a synthetic CT with a vertebra, a femur and a rib.

@@ -1,6 +1,6 @@
 """Sarcopenia Segmentation: body composition at the third lumbar vertebra (L3) of a CT, in 3D Slicer.
 
-Beside the Apply, Export and Edit of every MSKSeg module (``mskseg.slicer_setup`` mixins), this module has its
+Beside the Apply, Export and Edit of every MSKSeg module (``MSKSegLib`` mixins), this module has its
 own tools: Find L3 and Measure, with the measurement choices (height, weight, sex, cut-off set, slab, muscle
 groups) in its parameter node. Finding L3, measuring and writing files are done by the ``mskseg`` package,
 which imports torch and MONAI inside functions, after the dependency check.
@@ -13,9 +13,10 @@ import pathlib
 import sys
 from typing import Annotated
 
-if importlib.util.find_spec("mskseg") is None:
-    # Developer mode: this module folder was added to Slicer's additional module paths, and the mskseg
-    # package sits in the repository root one level up. An installed extension has mskseg beside this file.
+if importlib.util.find_spec("MSKSegLib") is None:
+    # Developer mode: this module folder was added to Slicer's additional module paths, and the packages
+    # mskseg (the core) and MSKSegLib (the Slicer side) sit in the repository root one level up. An installed
+    # extension has both beside this file.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import vtk
@@ -28,7 +29,7 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic, ScriptedL
 from slicer.util import VTKObservationMixin
 
 import mskseg
-from mskseg import slicer_setup  # standard library only: cheap at Slicer start-up
+import MSKSegLib  # standard library and mskseg's light modules only: cheap at Slicer start-up
 
 CUTOFF_SETS = ["Prado 2008", "Martin 2013", "Derstine 2018", "Yoon 2021", "Kamo 2019"]
 SEX_CHOICES = ["from DICOM", "female", "male"]
@@ -60,23 +61,23 @@ T10 when L3 is outside the field of view);
 <b>Yoon 2021</b> (Korea, SMI &lt; 39.33 / 27.77);
 <b>Kamo 2019</b> (Japan, SMI &lt; 40.31 / 30.88).
 Height, weight and sex come from DICOM (PatientSize, PatientWeight, PatientSex) unless given here.</p>
-""" + slicer_setup.HELP_FOOTER
+""" + MSKSegLib.HELP_FOOTER
         self.parent.acknowledgementText = """
 Body-composition definitions and cut-offs: Prado et al. 2008 (Lancet Oncol), Martin et al. 2013 (J Clin Oncol),
 Derstine et al. 2018 (Sci Rep), Yoon et al. 2021 (Korean reference values), Kamo et al. 2019 (Japanese cut-offs).
-""" + slicer_setup.ACKNOWLEDGEMENT
-        slicer_setup.register_module(self.parent)
+""" + MSKSegLib.ACKNOWLEDGEMENT
+        MSKSegLib.register_module(self.parent)
 
 
 @parameterNodeWrapper
-class SarcopeniaSegParameterNode(slicer_setup.TaskParameters):
+class SarcopeniaSegParameterNode(MSKSegLib.TaskParameters):
     """Every choice of the module, saved with the scene: those of segmentation and export, then of Measure.
 
     ``modelCard`` (the chosen body-composition model) comes from TaskParameters.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode  # an abdominal CT
-    device: Annotated[str, Choice(slicer_setup.DEVICE_CHOICES)] = "auto"
+    device: Annotated[str, Choice(MSKSegLib.DEVICE_CHOICES)] = "auto"
     outputSegmentation: vtkMRMLSegmentationNode
     exportFolder: pathlib.Path
     overwrite: bool = False
@@ -89,11 +90,12 @@ class SarcopeniaSegParameterNode(slicer_setup.TaskParameters):
     tissueMethod: Annotated[str, Choice(TISSUE_METHODS)] = "auto"
 
 
-class SarcopeniaSegWidget(slicer_setup.TaskWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class SarcopeniaSegWidget(MSKSegLib.TaskWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The panel of TaskWidgetMixin plus Find L3 and Measure.
 
-    Apply runs the chosen model card (any installed body-composition model); Find L3 and Measure need the
-    body-composition pipeline package and say so in their tooltip while it is absent.
+    Apply runs the body-composition task in a background process on the slice the views show
+    (``SarcopeniaSegLogic.workerOptions``); Find L3 and Measure need the body-composition pipeline package
+    and say so in their tooltip while it is absent.
     """
 
     OUTPUT_NAME_SUFFIX = "body composition"
@@ -114,7 +116,7 @@ class SarcopeniaSegWidget(slicer_setup.TaskWidgetMixin, ScriptedLoadableModuleWi
              "Measure areas, HU, SMI and VAT/SAT of the (corrected) segmentation into a table"),
         ):
             button.enabled = bool(self.pipelineReady and ready and not self.running)
-            button.toolTip = tip if self.pipelineReady else slicer_setup.pipeline_unavailable_tooltip(self.logic.TASK)
+            button.toolTip = tip if self.pipelineReady else MSKSegLib.pipeline_unavailable_tooltip(self.logic.TASK)
         if self.pipelineReady:
             # The body-composition pipeline needs no model card: its default tissue method is the HU rules.
             self.ui.applyButton.enabled = bool(parameters.inputVolume and not self.running)
@@ -130,25 +132,6 @@ class SarcopeniaSegWidget(slicer_setup.TaskWidgetMixin, ScriptedLoadableModuleWi
                 self.ui.statusLabel.text = self.logic.levelReport(p.inputVolume) + \
                     " Move the slice views to correct it, then Apply."
 
-    def onApplyButton(self) -> None:
-        """Segment the tissues at the slice the views show (Find L3 puts them on L3; the user may move them).
-
-        Without the body-composition pipeline, Apply runs the chosen model card on the whole volume.
-        """
-        if not self.pipelineReady:
-            super().onApplyButton()
-            return
-        with slicer.util.tryWithErrorDisplay(self.APPLY_FAILURE, waitCursor=True):
-            self.ensureDependencies()
-            p = self._parameterNode
-            index = self.logic.shownSliceIndex(p.inputVolume)
-            segmentation = self.runWithProgress(lambda progress: self.logic.segmentAtLevel(
-                p.inputVolume, index, p.modelCard, p.device, p.outputSegmentation, p.slabSlices, p.muscleGroups,
-                p.tissueMethod, progress=progress))
-            if segmentation is not None:
-                p.outputSegmentation = segmentation
-                self.ui.statusLabel.text = f"Done: '{segmentation.GetName()}'. {self.APPLY_DONE_HINT}"
-
     def onMeasureButton(self) -> None:
         with slicer.util.tryWithErrorDisplay("Body-composition measurement failed.", waitCursor=True):
             self.ensureDependencies()
@@ -160,7 +143,7 @@ class SarcopeniaSegWidget(slicer_setup.TaskWidgetMixin, ScriptedLoadableModuleWi
             slicer.app.applicationLogic().PropagateTableSelection()
 
 
-class SarcopeniaSegLogic(slicer_setup.TaskLogicMixin, ScriptedLoadableModuleLogic):
+class SarcopeniaSegLogic(MSKSegLib.TaskLogicMixin, ScriptedLoadableModuleLogic):
     """TaskLogicMixin for the task "sarcopenia", plus finding L3 and measuring body composition.
 
     Usable from Python without the widget: nodes and values are arguments.
@@ -168,19 +151,31 @@ class SarcopeniaSegLogic(slicer_setup.TaskLogicMixin, ScriptedLoadableModuleLogi
 
     TASK = "sarcopenia"
     PARAMETER_NODE = SarcopeniaSegParameterNode
+    PROCESS_FUNCTION = "process"  # the registry's name of the sarcopenia task's model-card run
 
     def findL3(self, inputVolume, device: str = "auto", progress=None) -> int:
         """Index ``k`` (numpy axis 0 of the volume's voxel array) of the slice through the middle of L3.
 
         What was found (level, confidence, every vertebra level, warnings) is kept on the volume node.
         """
-        slicer_setup.require_volume(inputVolume)
-        found = slicer_setup.app_function("find_l3")(slicer.mrmlScene, inputVolume, device=device, progress=progress)
+        MSKSegLib.require_volume(inputVolume)
+        found = MSKSegLib.task_function(self.TASK, "find_l3")(slicer.mrmlScene, inputVolume, device=device, progress=progress)
         return int(getattr(found, "index", found))
+
+    def workerOptions(self, parameters: SarcopeniaSegParameterNode) -> list[str]:
+        """Options of ``mskseg sarcopenia`` for Apply's background run: the slice the views show (Find L3 puts
+        them on L3; the user may move them), else the one Find L3 found, else "auto" (find L3 first)."""
+        MSKSegLib.require_volume(parameters.inputVolume)
+        index = self.shownSliceIndex(parameters.inputVolume)
+        if index is None:
+            index = parameters.inputVolume.GetAttribute("MSKSeg.L3.Index")
+        options = ["--levels", "auto" if index is None else str(int(index)), "--slab", str(parameters.slabSlices),
+                   "--method", parameters.tissueMethod, "--device", parameters.device]
+        return options + (["--muscle-groups"] if parameters.muscleGroups else [])
 
     def levelReport(self, inputVolume) -> str:
         """One line on the level found: slice, confidence, levels and warnings (from the volume node)."""
-        return slicer_setup.app_function("describe_l3")(inputVolume)
+        return MSKSegLib.task_function(self.TASK, "describe_l3")(inputVolume)
 
     def segmentAtLevel(self, inputVolume, sliceIndex, modelCard: str = "", device: str = "auto",
                        outputSegmentation=None, slabSlices: int = 1, muscleGroups: bool = False,
@@ -190,11 +185,11 @@ class SarcopeniaSegLogic(slicer_setup.TaskLogicMixin, ScriptedLoadableModuleLogi
         ``sliceIndex`` None: the L3 slice Find L3 found, found now if needed. A non-empty ``outputSegmentation``
         is never overwritten (a new node is made).
         """
-        slicer_setup.require_volume(inputVolume)
+        MSKSegLib.require_volume(inputVolume)
         if sliceIndex is None:
             found = inputVolume.GetAttribute("MSKSeg.L3.Index")
             sliceIndex = int(found) if found is not None else self.findL3(inputVolume, device, progress)
-        return slicer_setup.app_function("segment_body_composition")(
+        return MSKSegLib.task_function(self.TASK, "segment_body_composition")(
             slicer.mrmlScene, inputVolume, int(sliceIndex), slab=slabSlices, method=tissueMethod,
             muscle_groups=muscleGroups, device=device, progress=progress, segmentation_node=outputSegmentation,
             model_card=modelCard or None)
@@ -226,13 +221,13 @@ class SarcopeniaSegLogic(slicer_setup.TaskLogicMixin, ScriptedLoadableModuleLogi
         """Body-composition measurements of ``segmentationNode`` into a table node (0 or "from DICOM": use DICOM)."""
         if segmentationNode is None:
             raise mskseg.MSKSegError("There is no segmentation to measure.", "press Apply first")
-        return slicer_setup.app_function("measure_body_composition")(
+        return MSKSegLib.task_function(self.TASK, "measure_body_composition")(
             slicer.mrmlScene, segmentationNode, volumeNode, height_m=height_m or None, weight_kg=weight_kg or None,
             sex={"female": "F", "male": "M"}.get(sex), cutoff_set=cutoffSet, slab_slices=slabSlices,
             muscle_groups=muscleGroups)
 
 
-class SarcopeniaSegTest(slicer_setup.TaskTestMixin, ScriptedLoadableModuleTest):
+class SarcopeniaSegTest(MSKSegLib.TaskTestMixin, ScriptedLoadableModuleTest):
     """Self-test run by Slicer (Reload and Test, and ctest): TaskTestMixin's tests on synthetic tissues.
 
     The run test may see its phantom refused (it has no L3); that is reported, not failed.

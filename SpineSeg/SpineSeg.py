@@ -2,7 +2,7 @@
 
 What is particular to the spine, in the classes of Slicer's scripted-module template: the help (with its
 warning about transitional vertebrae), the parameter node, names, messages and the vertebrae of the self-test.
-Everything the three MSKSeg modules do alike comes from the mixins of ``mskseg.slicer_setup``.
+Everything the three MSKSeg modules do alike comes from the mixins of ``MSKSegLib``.
 """
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import pathlib
 import sys
 from typing import Annotated
 
-if importlib.util.find_spec("mskseg") is None:
-    # Developer mode: this module folder was added to Slicer's additional module paths, and the mskseg
-    # package sits in the repository root one level up. An installed extension has mskseg beside this file.
+if importlib.util.find_spec("MSKSegLib") is None:
+    # Developer mode: this module folder was added to Slicer's additional module paths, and the packages
+    # mskseg (the core) and MSKSegLib (the Slicer side) sit in the repository root one level up. An installed
+    # extension has both beside this file.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
@@ -23,7 +24,7 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadab
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest
 from slicer.util import VTKObservationMixin
 
-from mskseg import slicer_setup  # standard library only: cheap at Slicer start-up
+import MSKSegLib  # standard library and mskseg's light modules only: cheap at Slicer start-up
 
 
 class SpineSeg(ScriptedLoadableModule):
@@ -41,26 +42,26 @@ covers), in a CT or in a radiograph (a single-slice volume, as Slicer loads a DI
 Levels are counted from the anatomy the image shows; transitional lumbosacral vertebrae (15-35 % of people)
 are the main cause of a wrong level, so check the labels before using them. Each segment carries its SNOMED CT
 code, name and colour.
-""" + slicer_setup.HELP_FOOTER
-        self.parent.acknowledgementText = slicer_setup.ACKNOWLEDGEMENT
-        slicer_setup.register_module(self.parent)
+""" + MSKSegLib.HELP_FOOTER
+        self.parent.acknowledgementText = MSKSegLib.ACKNOWLEDGEMENT
+        MSKSegLib.register_module(self.parent)
 
 
 @parameterNodeWrapper
-class SpineSegParameterNode(slicer_setup.TaskParameters):
+class SpineSegParameterNode(MSKSegLib.TaskParameters):
     """What the user chose in the Spine Segmentation panel, kept in the scene.
 
     Declares what SpineSeg.ui binds; ``modelCard``, filled from the Model box, is inherited.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode  # a CT, or a radiograph loaded as a single-slice volume
-    device: Annotated[str, Choice(slicer_setup.DEVICE_CHOICES)] = "auto"
+    device: Annotated[str, Choice(MSKSegLib.DEVICE_CHOICES)] = "auto"
     outputSegmentation: vtkMRMLSegmentationNode
     exportFolder: pathlib.Path
     overwrite: bool = False
 
 
-class SpineSegWidget(slicer_setup.TaskWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class SpineSegWidget(MSKSegLib.TaskWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The panel of TaskWidgetMixin, with the spine's names and messages.
 
     After a run the status line asks for the level labels to be checked before Export.
@@ -72,8 +73,8 @@ class SpineSegWidget(slicer_setup.TaskWidgetMixin, ScriptedLoadableModuleWidget,
     APPLY_DONE_HINT = "Check the level labels, then Export."
 
 
-class SpineSegLogic(slicer_setup.TaskLogicMixin, ScriptedLoadableModuleLogic):
-    """TaskLogicMixin for the task "spine": models listed, run and exported through ``mskseg.app``.
+class SpineSegLogic(MSKSegLib.TaskLogicMixin, ScriptedLoadableModuleLogic):
+    """TaskLogicMixin for the task "spine": models listed, run and exported through the task registry (``mskseg.tasks``).
 
     Works from the Python console too (nodes and values are arguments), for scripts over many images.
     """
@@ -82,7 +83,7 @@ class SpineSegLogic(slicer_setup.TaskLogicMixin, ScriptedLoadableModuleLogic):
     PARAMETER_NODE = SpineSegParameterNode
 
 
-class SpineSegTest(slicer_setup.TaskTestMixin, ScriptedLoadableModuleTest):
+class SpineSegTest(MSKSegLib.TaskTestMixin, ScriptedLoadableModuleTest):
     """The tests of TaskTestMixin on three synthetic lumbar vertebrae.
 
     Slicer runs them on Reload and Test, and ctest through slicer_add_python_unittest.

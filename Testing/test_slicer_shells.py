@@ -3,7 +3,7 @@
 Full Slicer cannot run here, so these tests pin what can be pinned outside it: the shared static check
 (``check_slicer_shells.py``), that each ``.ui`` is valid Qt Designer XML whose bound widgets can really be
 connected by Slicer's parameter-node wrapper, the CMake lists, the icons, the terminology file, and the
-Slicer-side helpers of :mod:`mskseg.slicer_setup`. The module files themselves are imported with stand-ins
+Slicer-side helpers of ``MSKSegLib`` and :mod:`mskseg.slicer_support`. The module files themselves are imported with stand-ins
 for the few Slicer parts that need the GUI (``ScriptedLoadableModule``, ``parameterNodeWrapper``), over the
 real MRML classes of slicer-core, so that their parameter-node annotations, their logic, the panel behaviour
 they take from ``TaskWidgetMixin`` (driven through stand-in widgets) and their Slicer self-tests are exercised.
@@ -30,8 +30,11 @@ import pytest
 
 import mskseg
 from conftest import REPO, SHARED, require
-from mskseg import slicer_setup
-from mskseg.errors import MSKSegError
+import MSKSegLib
+from MSKSegLib import dependencies, selftest
+from MSKSegLib import module as lib_module
+from mskseg import slicer_support
+from mskseg.errors import CancelledError, MSKSegError
 from mskseg.terminology import slicer_term_json
 
 MODULES = ("SarcopeniaSeg", "BoneSeg", "SpineSeg")
@@ -42,7 +45,7 @@ SARCOPENIA_FIELDS = {"height_m", "weight_kg", "sex", "cutoffSet", "slabSlices", 
 #: Top-level imports a module file may have: Slicer starts every module at start-up, so nothing heavy.
 ALLOWED_TOP_IMPORTS = {"importlib.util", "os", "pathlib", "sys", "typing", "__future__", "vtk", "slicer",
                        "slicer.parameterNodeWrapper", "slicer.ScriptedLoadableModule", "slicer.util",
-                       "mskseg", "mskseg.mrml"}
+                       "mskseg", "mskseg.mrml", "MSKSegLib"}
 
 
 def _ui(module: str) -> ET.Element:
@@ -108,10 +111,11 @@ def test_ui_binds_every_parameter_but_the_model_card(module):
 @pytest.mark.parametrize("module", MODULES)
 def test_ui_holds_the_widgets_the_shared_widget_code_uses(module):
     names = {w.get("name") for w in _ui(module).iter("widget")}
-    used_by_mixin = {node.attr for node in ast.walk(ast.parse((REPO / "mskseg" / "slicer_setup.py").read_text()))
+    used_by_mixin = {node.attr for path in sorted((REPO / "MSKSegLib").glob("*.py"))
+                     for node in ast.walk(ast.parse(path.read_text()))
                      if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
                      and node.value.attr == "ui"}
-    assert set(slicer_setup.TaskWidgetMixin.COMMON_WIDGETS) == used_by_mixin
+    assert set(MSKSegLib.TaskWidgetMixin.COMMON_WIDGETS) == used_by_mixin
     assert used_by_mixin <= names
     assert {"applyButton", "inputVolumeSelector", "outputSegmentationSelector"} <= used_by_mixin | names
 
@@ -148,6 +152,7 @@ def test_top_cmakelists_declares_the_extension_and_installs_the_core():
     assert "mskseg/*.py" in text and "mskseg/*.json" in text
     assert "Resources/Models/*" in text and "Resources/MSKSeg.term.json" in text
     assert "INSTALL_DIR ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}" in text
+    assert "MSKSegLib/*.py" in text  # the Slicer-side library, installed beside the modules like the core
 
 
 # ------------------------------------------------------------------------------ module sources
@@ -161,9 +166,10 @@ def test_module_imports_nothing_heavy_at_top_level(module):
         elif isinstance(node, ast.ImportFrom):
             imported.append(node.module)
     assert set(imported) <= ALLOWED_TOP_IMPORTS, set(imported) - ALLOWED_TOP_IMPORTS
-    # the sys.path fallback for developer mode must run before mskseg is imported
+    # the sys.path fallback for developer mode must run before mskseg or MSKSegLib is imported
     first_mskseg = next(n.lineno for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
-                        and "mskseg" in ([a.name for a in n.names] if isinstance(n, ast.Import) else [n.module]))
+                        and any(name.lower().startswith("mskseg") for name in
+                                ([a.name for a in n.names] if isinstance(n, ast.Import) else [n.module])))
     fallback = next(n.lineno for n in tree.body if isinstance(n, ast.If) and "sys.path.insert" in ast.unparse(n))
     assert fallback < first_mskseg
 
@@ -178,20 +184,21 @@ def _method_dumps(module: str) -> dict[str, str]:
 
 
 def test_no_method_is_written_in_two_module_shells():
-    """Shared behaviour lives once, in the mixins of mskseg.slicer_setup; a module file keeps its own."""
+    """Shared behaviour lives once, in the mixins of MSKSegLib; a module file keeps its own."""
     first_seen: dict[str, str] = {}
     for module in MODULES:
         for name, dump in _method_dumps(module).items():
-            assert dump not in first_seen, f"{name} repeats {first_seen[dump]}: move it to mskseg.slicer_setup"
+            assert dump not in first_seen, f"{name} repeats {first_seen[dump]}: move it to MSKSegLib"
             first_seen[dump] = name
     # bone and spine have no tool of their own: their widget, logic and test classes only set data
     for module in ("BoneSeg", "SpineSeg"):
         assert set(_method_dumps(module)) == {f"{module}.__init__"}
 
 
-def test_slicer_setup_imports_neither_slicer_nor_torch():
-    heavy = "{'slicer', 'torch', 'monai', 'qt', 'SimpleITK'}"
-    code = f"import sys, mskseg.slicer_setup; print(sorted({heavy} & set(sys.modules)))"
+def test_slicer_side_imports_neither_slicer_nor_qt_nor_torch_at_import_time():
+    heavy = "{'slicer', 'torch', 'monai', 'qt', 'ctk', 'SimpleITK'}"
+    code = ("import sys, mskseg.slicer_support, mskseg.worker, MSKSegLib, MSKSegLib.background; "
+            f"print(sorted({heavy} & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
@@ -216,13 +223,23 @@ def test_committed_terminology_file_matches_the_terminology_table():
     assert committed == json.dumps(slicer_term_json(), indent=2) + "\n", (
         "Resources/MSKSeg.term.json is stale: regenerate it with "
         "mskseg.terminology.write_slicer_term_json('Resources/MSKSeg.term.json')")
-    assert slicer_setup.terminology_file() == REPO / "Resources" / "MSKSeg.term.json"
+    assert slicer_support.terminology_file() == REPO / "Resources" / "MSKSeg.term.json"
 
 
-# ------------------------------------------------------------------------------ mskseg.slicer_setup
+def test_core_package_imports_no_qt_ctk_or_slicer_app():
+    """The core runs from the command line and pytest: Qt and the Slicer application belong to MSKSegLib."""
+    forbidden = re.compile(r"^\s*(import|from)\s+(qt|ctk)\b|(?<![\w.])(qt|ctk)\.[A-Za-z]|\bslicer\.app\b|"
+                           r"\bslicer\.util\b", re.M)
+    offenders = [f"{path.relative_to(REPO)}:{text[:match.start()].count(chr(10)) + 1}: {match.group(0).strip()}"
+                 for path in sorted((REPO / "mskseg").rglob("*.py"))
+                 for text in [path.read_text()] for match in forbidden.finditer(text)]
+    assert offenders == []
+
+
+# ------------------------------------------------------------------------------ mskseg.slicer_support, MSKSegLib
 def test_missing_python_packages_names_only_the_absent_requirements():
     requirements = [("json", "json-is-stdlib"), ("no_such_module_mskseg", "nosuch>=1.0"), ("numpy", "numpy>=1")]
-    assert slicer_setup.missing_python_packages(requirements) == ["nosuch>=1.0"]
+    assert slicer_support.missing_python_packages(requirements) == ["nosuch>=1.0"]
 
 
 def test_requirements_follow_pyproject_without_slicers_own_packages():
@@ -230,7 +247,7 @@ def test_requirements_follow_pyproject_without_slicers_own_packages():
 
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     names = {re.split(r"[<>=!~ \[]", d, maxsplit=1)[0].lower() for d in declared}
-    listed = {re.split(r"[<>=!~ \[]", r, maxsplit=1)[0].lower() for _, r in slicer_setup.REQUIREMENTS}
+    listed = {re.split(r"[<>=!~ \[]", r, maxsplit=1)[0].lower() for _, r in slicer_support.REQUIREMENTS}
     assert listed == names - {"numpy", "simpleitk", "torch"}
     assert {"numpy", "simpleitk", "vtk", "torch"}.isdisjoint(listed)
 
@@ -238,23 +255,26 @@ def test_requirements_follow_pyproject_without_slicers_own_packages():
 def test_protected_constraints_pin_the_installed_numpy_exactly():
     import numpy
 
-    lines = slicer_setup.protected_constraints()
+    lines = slicer_support.protected_constraints()
     assert f"numpy=={numpy.__version__}" in lines
-    assert slicer_setup.protected_constraints(["no-such-distribution-mskseg"]) == []
+    assert slicer_support.protected_constraints(["no-such-distribution-mskseg"]) == []
 
 
 def test_task_package_lookup_does_not_import_the_package(monkeypatch):
-    monkeypatch.delitem(sys.modules, "mskseg.io", raising=False)
-    assert slicer_setup.task_package_available("io") is True
-    assert "mskseg.io" not in sys.modules
-    assert slicer_setup.task_package_available("no_such_task") is False
-    assert slicer_setup.pipeline_unavailable_tooltip("sarcopenia") == \
-        "available once the body-composition pipeline is installed"
+    from mskseg import tasks
+
+    monkeypatch.delitem(sys.modules, "mskseg.cardtask", raising=False)
+    assert tasks.package_available("bone") is True
+    assert "mskseg.cardtask" not in sys.modules
+    assert tasks.package_available("no_such_task") is False
+    assert MSKSegLib.pipeline_unavailable_tooltip("sarcopenia") == (
+        "available once MSKSeg's 'sarcopenia' task (body composition at L3 of a CT: muscle, fat, SMI, flags, "
+        "report) is installed")
 
 
 def test_progress_relay_drives_the_bar_and_stops_after_cancel():
     bar, label, events = SimpleNamespace(value=0), SimpleNamespace(text=""), []
-    relay = slicer_setup.ProgressRelay(bar, label, process_events=lambda: events.append(1))
+    relay = MSKSegLib.ProgressRelay(bar, label, process_events=lambda: events.append(1))
     assert relay(0.25, "inference") is True
     assert (bar.value, label.text, len(events)) == (25, "inference", 1)
     assert relay(1.7) is True and bar.value == 100  # clipped
@@ -267,22 +287,22 @@ def test_inputs_are_checked_before_any_work(tmp_path):
     card = tmp_path / "card.json"
     card.write_text("{}")
     with pytest.raises(MSKSegError, match="No input volume"):
-        slicer_setup.require_inputs(None, str(card))
+        slicer_support.require_inputs(None, str(card))
     with pytest.raises(MSKSegError, match="No model"):
-        slicer_setup.require_inputs(object(), "")
+        slicer_support.require_inputs(object(), "")
     with pytest.raises(MSKSegError, match="does not exist"):
-        slicer_setup.require_inputs(object(), str(tmp_path / "absent.json"))
-    slicer_setup.require_inputs(object(), str(card))
+        slicer_support.require_inputs(object(), str(tmp_path / "absent.json"))
+    slicer_support.require_inputs(object(), str(card))
 
 
 def test_export_folder_must_be_chosen_and_be_a_folder(tmp_path):
     for unset in (None, "", ".", pathlib.Path()):
         with pytest.raises(MSKSegError, match="No export folder"):
-            slicer_setup.require_export_folder(unset)
+            slicer_support.require_export_folder(unset)
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(MSKSegError, match="is a file"):
-        slicer_setup.require_export_folder(tmp_path / "file.txt")
-    assert slicer_setup.require_export_folder(tmp_path / "new") == tmp_path / "new"
+        slicer_support.require_export_folder(tmp_path / "file.txt")
+    assert slicer_support.require_export_folder(tmp_path / "new") == tmp_path / "new"
 
 
 def test_dicom_seg_is_exported_only_for_volumes_loaded_from_dicom():
@@ -293,15 +313,18 @@ def test_dicom_seg_is_exported_only_for_volumes_loaded_from_dicom():
         def GetAttribute(self, name):
             return self.uids if name == "DICOM.instanceUIDs" else None
 
-    assert slicer_setup.default_export_formats(Node(None)) == ("seg.nrrd", "csv")
-    assert "dicom-seg" in slicer_setup.default_export_formats(Node("1.2.3 1.2.4"))
+    assert slicer_support.default_export_formats(Node(None)) == ("seg.nrrd", "csv")
+    assert "dicom-seg" in slicer_support.default_export_formats(Node("1.2.3 1.2.4"))
 
 
-def test_app_function_names_a_missing_function(monkeypatch):
-    monkeypatch.setitem(sys.modules, "mskseg.app", types.ModuleType("mskseg.app"))
-    monkeypatch.setattr(mskseg, "app", sys.modules["mskseg.app"], raising=False)
-    with pytest.raises(MSKSegError, match="no 'find_l3'"):
-        slicer_setup.app_function("find_l3")
+def test_task_function_is_a_registry_lookup_that_names_a_missing_function():
+    from mskseg.tasks import get_task
+
+    assert MSKSegLib.task_function("sarcopenia", "find_l3") is get_task("sarcopenia").slicer_function("find_l3")
+    with pytest.raises(MSKSegError, match="no Slicer function 'find_l3'"):
+        MSKSegLib.task_function("bone", "find_l3")
+    with pytest.raises(MSKSegError, match="no task named 'knee'"):
+        MSKSegLib.task_function("knee", "find_l3")
 
 
 # ------------------------------------------------------------------------------ module files, imported
@@ -409,7 +432,7 @@ def test_parameter_node_hints_resolve_and_every_binding_has_a_gui_connector(modu
         assert _connector_accepts(widget.get("class"), hints[name]), f"{widget.get('class')} cannot bind {name}"
     node_class = getattr(loaded, f"{module}ParameterNode")
     assert node_class.device == "auto" and node_class.overwrite is False
-    assert issubclass(node_class, slicer_setup.TaskParameters) and node_class.modelCard == ""
+    assert issubclass(node_class, MSKSegLib.TaskParameters) and node_class.modelCard == ""
     device_choices = typing.get_args(hints["device"])[1].choices
     assert device_choices[0] == "auto" and "cpu" in device_choices
 
@@ -434,11 +457,11 @@ def test_module_description_cites_data_licences_and_loads_terminology(module, sl
     assert "offline" in parent.helpText and "CPU or GPU" in parent.helpText
     for citation in ("TotalSegmentator", "CC BY 4.0", "VerSe", "CC BY-SA 4.0", "MONAI", "highdicom", "dcmqi"):
         assert citation in parent.acknowledgementText, citation
-    assert parent.helpText.rstrip().endswith(slicer_setup.HELP_FOOTER.rstrip())
-    assert ("startupCompleted()", slicer_setup.load_terminology) in slicer_stubs.connections
+    assert parent.helpText.rstrip().endswith(MSKSegLib.HELP_FOOTER.rstrip())
+    assert ("startupCompleted()", lib_module.load_terminology) in slicer_stubs.connections
     # the shared behaviour comes first in each class, before Slicer's base class
-    for suffix, mixin in (("Widget", slicer_setup.TaskWidgetMixin), ("Logic", slicer_setup.TaskLogicMixin),
-                          ("Test", slicer_setup.TaskTestMixin)):
+    for suffix, mixin in (("Widget", MSKSegLib.TaskWidgetMixin), ("Logic", MSKSegLib.TaskLogicMixin),
+                          ("Test", MSKSegLib.TaskTestMixin)):
         cls = getattr(loaded, f"{module}{suffix}")
         assert cls.__mro__[1:3] in ((mixin, _Base), (mixin, _LogicBase), (mixin, _SelfTestBase)), cls.__mro__
 
@@ -450,6 +473,20 @@ def test_sarcopenia_help_cites_windows_and_every_cutoff_set(slicer_stubs, monkey
     for text in ("Prado 2008", "Martin 2013", "Derstine 2018", "Yoon 2021", "Kamo 2019", "52.4", "38.5",
                  "45.4", "39.33", "40.31", "-29..+150", "-190..-30", "-150..-50"):
         assert text in parent.helpText, text
+
+
+#: Module of the sarcopenia task's Slicer functions (``mskseg.sarcopenia.task``); until it exists in this tree,
+#: the tests that run the real functions alias it to ``mskseg.app``, which holds the same functions.
+SARCOPENIA_SCENE = "mskseg.sarcopenia.scene"
+
+
+@pytest.fixture
+def sarcopenia_scene(monkeypatch):
+    """``mskseg.sarcopenia.scene``, or ``mskseg.app`` in its place where the former is not written yet."""
+    if importlib.util.find_spec(SARCOPENIA_SCENE) is None:
+        from mskseg import app
+
+        monkeypatch.setitem(sys.modules, SARCOPENIA_SCENE, app)
 
 
 @pytest.fixture
@@ -469,8 +506,10 @@ def fake_app(monkeypatch):
         return [f"{out_dir}/a.seg.nrrd"]
 
     app.run_segmentation, app.export_results = run_segmentation, export_results
+    app.process = run_segmentation  # the sarcopenia task's name of the same entry point
     monkeypatch.setitem(sys.modules, "mskseg.app", app)
     monkeypatch.setattr(mskseg, "app", app, raising=False)
+    monkeypatch.setitem(sys.modules, SARCOPENIA_SCENE, app)  # the sarcopenia task's Slicer functions
     return calls
 
 
@@ -479,14 +518,14 @@ def test_logic_passes_nodes_and_choices_to_mskseg_app(module, slicer_stubs, fake
     logic = getattr(_load_module(module, monkeypatch), f"{module}Logic")()
     card = tmp_path / "card.json"
     card.write_text("{}")
-    progress = slicer_setup.ProgressRelay(SimpleNamespace(value=0), process_events=lambda: None)
+    progress = MSKSegLib.ProgressRelay(SimpleNamespace(value=0), process_events=lambda: None)
     assert logic.modelCards() == []
     assert logic.deviceReport("cpu") == "device: cpu"
     assert logic.process("volume", str(card), "cpu", "old segmentation", progress=progress) == "new segmentation node"
     assert fake_app[:3] == [("list_model_cards", TASKS[module]), ("device_report", "cpu"),
                             ("run_segmentation", slicer_stubs.scene, "volume", str(card), "cpu", progress,
                              "old segmentation")]
-    volume = slicer_setup.add_synthetic_case(["skeletal_muscle"], slicer_stubs.scene)[0]
+    volume = MSKSegLib.add_synthetic_case(["skeletal_muscle"], slicer_stubs.scene)[0]
     assert logic.export("segmentation", volume, tmp_path / "out", overwrite=True) == [f"{tmp_path / 'out'}/a.seg.nrrd"]
     assert fake_app[3] == ("export_results", slicer_stubs.scene, "segmentation", volume, str(tmp_path / "out"),
                            ("seg.nrrd", "csv"), True)
@@ -511,7 +550,7 @@ def test_synthetic_case_gives_one_labelled_segment_per_class_on_the_volume_grid(
     from mskseg import mrml
 
     classes = ["skeletal_muscle", "subcutaneous_fat", "vertebrae_L3"]
-    volume_node, segmentation_node = slicer_setup.add_synthetic_case(classes, slicer_stubs.scene)
+    volume_node, segmentation_node = MSKSegLib.add_synthetic_case(classes, slicer_stubs.scene)
     labelmap, labels = mrml.segmentation_node_to_labelmap(segmentation_node, volume_node)
     assert labels == {1: "skeletal_muscle", 2: "subcutaneous_fat", 3: "vertebrae_L3"}
     assert labelmap.array.shape == (16, 48, 64)
@@ -524,8 +563,8 @@ def test_terminology_is_loaded_once_for_the_three_modules(slicer_stubs, monkeypa
     logic = SimpleNamespace(LoadTerminologyFromFile=lambda path: loaded_paths.append(path) or "MSKSeg context")
     monkeypatch.setattr(slicer_stubs.slicer, "modules", SimpleNamespace(terminologies=SimpleNamespace(
         logic=lambda: logic)), raising=False)
-    monkeypatch.setattr(slicer_setup, "_loaded_terminology", None)
-    assert [slicer_setup.load_terminology() for _ in MODULES] == ["MSKSeg context"] * 3
+    monkeypatch.setattr(lib_module, "_loaded_terminology", None)
+    assert [lib_module.load_terminology() for _ in MODULES] == ["MSKSeg context"] * 3
     assert loaded_paths == [str(REPO / "Resources" / "MSKSeg.term.json")]
 
 
@@ -555,13 +594,13 @@ def test_dependencies_are_installed_only_after_consent_with_numpy_pinned(slicer_
     answers = []
     monkeypatch.setattr(slicer_stubs.slicer.util, "confirmOkCancelDisplay", lambda *a: answers.pop(0))
     still_missing = [["monai>=1.3"], ["monai>=1.3"], []]
-    monkeypatch.setattr(slicer_setup, "missing_python_packages", lambda *a: still_missing.pop(0))
+    monkeypatch.setattr(dependencies, "missing_python_packages", lambda *a: still_missing.pop(0))
     answers.append(False)
     with pytest.raises(MSKSegError, match="declined"):
-        slicer_setup.ensure_dependencies(ask=True)
+        dependencies.ensure_dependencies(ask=True)
     assert pip_calls == []
     answers.append(True)
-    assert slicer_setup.ensure_dependencies(ask=True) == ["monai>=1.3"]
+    assert dependencies.ensure_dependencies(ask=True) == ["monai>=1.3"]
     (args, constraints), = pip_calls
     assert args[0] == "monai>=1.3" and "--constraint" in args
     assert f"numpy=={numpy.__version__}" in constraints.splitlines()
@@ -569,18 +608,18 @@ def test_dependencies_are_installed_only_after_consent_with_numpy_pinned(slicer_
 
 def test_dependency_check_installs_nothing_when_all_is_present(slicer_stubs, pip_calls, monkeypatch):
     _require_torch_installed()
-    monkeypatch.setattr(slicer_setup, "missing_python_packages", lambda *a: [])
+    monkeypatch.setattr(dependencies, "missing_python_packages", lambda *a: [])
     monkeypatch.setattr(slicer_stubs.slicer.util, "confirmOkCancelDisplay",
                         lambda *a: pytest.fail("asked although nothing is missing"))
-    assert slicer_setup.ensure_dependencies(ask=True) == []
+    assert dependencies.ensure_dependencies(ask=True) == []
     assert pip_calls == []
 
 
 def test_a_package_pip_could_not_install_is_named(slicer_stubs, pip_calls, monkeypatch):
     _require_torch_installed()
-    monkeypatch.setattr(slicer_setup, "missing_python_packages", lambda *a: ["highdicom>=0.22"])
+    monkeypatch.setattr(dependencies, "missing_python_packages", lambda *a: ["highdicom>=0.22"])
     with pytest.raises(MSKSegError, match="could not be installed: highdicom>=0.22"):
-        slicer_setup.ensure_dependencies(ask=False)
+        dependencies.ensure_dependencies(ask=False)
     assert len(pip_calls) == 1
 
 
@@ -610,7 +649,7 @@ class _FakeComboBox:
 
 def _fake_ui(module: str) -> SimpleNamespace:
     """Stand-ins for the .ui widgets the panel code reads and writes (names checked against the .ui above)."""
-    names = set(slicer_setup.TaskWidgetMixin.COMMON_WIDGETS) | (
+    names = set(MSKSegLib.TaskWidgetMixin.COMMON_WIDGETS) | (
         {"findL3Button", "measureButton"} if module == "SarcopeniaSeg" else set())
     ui = SimpleNamespace(**{name: SimpleNamespace(enabled=None, toolTip="", text="", value=0, baseName="")
                             for name in names})
@@ -627,18 +666,60 @@ class _Volume:
 
 
 class _RecordingLogic:
-    """A logic whose ``process`` records its arguments, reports progress and returns (or raises) ``outcome``."""
+    """A logic that records its calls: ``workerOptions`` gives options (or raises ``outcome`` when it is an
+    error), ``loadResult`` gives ``outcome`` (the new segmentation node)."""
 
     def __init__(self, task, outcome):
-        self.TASK, self.outcome, self.calls, self.bar_during_run = task, outcome, [], None
+        self.TASK, self.outcome, self.calls = task, outcome, []
 
-    def process(self, inputVolume, modelCard, device, outputSegmentation, progress=None):
-        self.calls.append((inputVolume, modelCard, device, outputSegmentation))
-        progress(0.5, "inference")
-        self.bar_during_run = self.progress_bar.value
+    def workerOptions(self, parameters):
+        self.calls.append(("workerOptions", parameters.inputVolume, parameters.modelCard, parameters.device))
         if isinstance(self.outcome, Exception):
             raise self.outcome
+        return ["--device", parameters.device]
+
+    def loadResult(self, volumeNode, folder):
+        self.calls.append(("loadResult", volumeNode, folder))
         return self.outcome
+
+
+class _FakeBackgroundRun:
+    """Stand-in for ``MSKSegLib.background.BackgroundRun``: records how the panel made it; the test then plays
+    the worker's part (:meth:`finish_with`)."""
+
+    def __init__(self, task, volume_node, options, *, progress_bar, status_label=None, on_done=None, on_failed=None,
+                 on_finished=None):
+        self.task, self.volume_node, self.options = task, volume_node, options
+        self.progress_bar, self.status_label = progress_bar, status_label
+        self.on_done, self.on_failed, self.on_finished = on_done, on_failed, on_finished
+        self.started = self.cancelled = False
+        self.runs.append(self)
+
+    def start(self):
+        self.started = True
+        return self
+
+    def cancel(self):
+        self.cancelled = True
+        self.status_label.text = "Cancelled."
+        self.on_finished()
+
+    def finish_with(self, folder=None, failure=None):
+        if folder is not None:
+            self.on_done(folder)
+        else:
+            self.on_failed(*failure)
+        self.on_finished()
+
+
+@pytest.fixture
+def background_runs(monkeypatch):
+    """The background runs the panel starts (stand-ins: no process is started)."""
+    from MSKSegLib import background
+
+    runs = []
+    monkeypatch.setattr(background, "BackgroundRun", type("Run", (_FakeBackgroundRun,), {"runs": runs}))
+    return runs
 
 
 @pytest.fixture
@@ -682,7 +763,6 @@ def test_widget_creates_the_logic_of_its_own_module(module, slicer_stubs, monkey
 
 @pytest.mark.parametrize("module", MODULES)
 def test_apply_needs_a_volume_and_a_model_card_but_not_the_task_package(module, slicer_stubs, monkeypatch):
-    monkeypatch.setattr(slicer_setup, "task_package_available", lambda task: False)
     widget = _panel(module, monkeypatch, pipeline_ready=False)
     widget.updateButtonStates()
     assert widget.ui.applyButton.enabled is True
@@ -693,7 +773,7 @@ def test_apply_needs_a_volume_and_a_model_card_but_not_the_task_package(module, 
     widget._parameterNode.modelCard = ""
     widget.updateButtonStates()
     assert widget.ui.applyButton.enabled is False
-    assert widget.ui.applyButton.toolTip == slicer_setup.NO_MODEL_CARD_TOOLTIP
+    assert widget.ui.applyButton.toolTip == MSKSegLib.NO_MODEL_CARD_TOOLTIP
 
     widget._parameterNode.modelCard, widget._parameterNode.inputVolume = "/models/bundled.card.json", None
     widget.updateButtonStates()
@@ -707,7 +787,7 @@ def test_output_is_named_after_the_volume_and_the_model_box_fills_the_parameter_
     widget._onParameterNodeModified()
     assert widget._parameterNode.modelCard == "/models/bundled.card.json"
     assert widget.ui.outputSegmentationSelector.baseName == f"CT 1 {widget.OUTPUT_NAME_SUFFIX}"
-    assert widget.OUTPUT_NAME_SUFFIX != slicer_setup.TaskWidgetMixin.OUTPUT_NAME_SUFFIX
+    assert widget.OUTPUT_NAME_SUFFIX != MSKSegLib.TaskWidgetMixin.OUTPUT_NAME_SUFFIX
     widget._parameterNode.modelCard = "/home/me/own.card.json"  # a user's own card joins the list
     widget.syncModelCard()
     assert widget.ui.modelCardComboBox.currentData == "/home/me/own.card.json"
@@ -715,14 +795,22 @@ def test_output_is_named_after_the_volume_and_the_model_box_fills_the_parameter_
 
 
 @pytest.mark.parametrize("module", MODULES)
-def test_apply_runs_the_chosen_model_card_and_keeps_the_new_segmentation(module, slicer_stubs, error_displays,
-                                                                         monkeypatch):
+def test_apply_runs_the_task_in_the_background_and_loads_its_result(module, slicer_stubs, error_displays,
+                                                                    background_runs, monkeypatch):
     new_node = SimpleNamespace(GetName=lambda: "CT 1 result")
     widget = _panel(module, monkeypatch, output="corrected node", outcome=new_node)
     widget.onApplyButton()
     volume = widget._parameterNode.inputVolume
-    assert widget.logic.calls == [(volume, "/models/bundled.card.json", "cpu", "corrected node")]
-    assert widget.logic.bar_during_run == 50 and widget.ui.progressBar.value == 0
+    run, = background_runs
+    assert (run.task, run.volume_node, run.options, run.started) == (TASKS[module], volume, ["--device", "cpu"], True)
+    assert run.progress_bar is widget.ui.progressBar and run.status_label is widget.ui.statusLabel
+    assert widget.logic.calls == [("workerOptions", volume, "/models/bundled.card.json", "cpu")]
+    assert widget.running and widget.ui.cancelButton.enabled and not widget.ui.applyButton.enabled
+    assert not widget.ui.exportButton.enabled  # nothing to export while the run goes on
+
+    widget._parameterNode.inputVolume = _Volume("CT 2")  # the user selects another volume meanwhile
+    run.finish_with(folder=pathlib.Path("/tmp/result"))
+    assert widget.logic.calls[-1] == ("loadResult", volume, pathlib.Path("/tmp/result"))  # the run's own volume
     assert widget._parameterNode.outputSegmentation is new_node
     assert widget.ui.statusLabel.text == f"Done: 'CT 1 result'. {widget.APPLY_DONE_HINT}"
     assert not widget.running and widget.ui.applyButton.enabled and widget.ui.exportButton.enabled
@@ -730,20 +818,55 @@ def test_apply_runs_the_chosen_model_card_and_keeps_the_new_segmentation(module,
 
 
 @pytest.mark.parametrize("module", MODULES)
-def test_a_failed_or_cancelled_apply_keeps_the_previous_segmentation(module, slicer_stubs, error_displays,
-                                                                    monkeypatch):
-    failure = MSKSegError("The model card is invalid.", "choose another model")
-    widget = _panel(module, monkeypatch, output="corrected node", outcome=failure)
+def test_a_refused_failed_or_cancelled_apply_keeps_the_previous_segmentation(module, slicer_stubs, error_displays,
+                                                                            background_runs, monkeypatch):
+    refusal = MSKSegError("The model card is invalid.", "choose another model")
+    widget = _panel(module, monkeypatch, output="corrected node", outcome=refusal)
     with pytest.raises(MSKSegError):
         widget.onApplyButton()
-    assert error_displays == [(widget.APPLY_FAILURE, failure)]
-    assert widget._parameterNode.outputSegmentation == "corrected node"
+    assert error_displays == [(widget.APPLY_FAILURE, refusal)] and background_runs == []
 
-    widget.logic.outcome = slicer_setup.CancelledError("Cancelled by the user.", "")
+    boxes = []
+    monkeypatch.setattr(slicer_stubs.slicer.util, "errorDisplay", lambda text, **kw: boxes.append((text, kw)),
+                        raising=False)
+    widget.logic.outcome = "new node"
     widget.onApplyButton()
-    assert widget.ui.statusLabel.text == "Cancelled."
+    background_runs[-1].finish_with(failure=("L3 is not in the field of view", "use --allow-fallback"))
+    assert boxes == [(f"{widget.APPLY_FAILURE}\n\nL3 is not in the field of view",
+                      {"detailedText": "hint: use --allow-fallback"})]
+    assert widget.ui.statusLabel.text == widget.APPLY_FAILURE
+
+    widget.onApplyButton()
+    assert widget.running
+    widget.onCancelButton()
+    assert background_runs[-1].cancelled and widget.ui.statusLabel.text == "Cancelled."
     assert widget._parameterNode.outputSegmentation == "corrected node"
+    assert not any(call[0] == "loadResult" for call in widget.logic.calls)
     assert not widget.running and widget.ui.applyButton.enabled is True
+
+
+def test_worker_options_are_the_panel_choices_in_the_tasks_own_command_line(slicer_stubs, monkeypatch, tmp_path):
+    from mskseg.tasks import get_task
+    from mskseg.worker import task_options
+
+    logic = _load_module("SarcopeniaSeg", monkeypatch).SarcopeniaSegLogic()
+    volume = SimpleNamespace(GetAttribute=lambda name: "17" if name == "MSKSeg.L3.Index" else None)
+    parameters = SimpleNamespace(inputVolume=volume, slabSlices=3, tissueMethod="rules", device="cpu",
+                                 muscleGroups=True, modelCard="")
+    logic.shownSliceIndex = lambda node: None  # the views are not on the volume: Find L3's slice is used
+    options = task_options(get_task("sarcopenia"), logic.workerOptions(parameters))
+    assert (options["level_index"], options["slab"], options["method"], options["device"],
+            options["muscle_groups"]) == (17, 3, "rules", "cpu", True)
+    logic.shownSliceIndex = lambda node: 21  # the slice the user moved the views to wins
+    assert task_options(get_task("sarcopenia"), logic.workerOptions(parameters))["level_index"] == 21
+
+    card = tmp_path / "bone.card.json"
+    card.write_text("{}")
+    bone = _load_module("BoneSeg", monkeypatch).BoneSegLogic()
+    parameters = SimpleNamespace(inputVolume=volume, modelCard=str(card), device="cuda")
+    assert task_options(get_task("bone"), bone.workerOptions(parameters)) == {"model_card": str(card), "device": "cuda"}
+    with pytest.raises(MSKSegError, match="No model"):
+        bone.workerOptions(SimpleNamespace(inputVolume=volume, modelCard="", device="cpu"))
 
 
 @pytest.mark.parametrize("pipeline_ready", [False, True])
@@ -753,7 +876,7 @@ def test_find_l3_and_measure_wait_for_the_body_composition_pipeline(pipeline_rea
     assert widget.ui.applyButton.enabled is True  # never gated on the package
     for button in (widget.ui.findL3Button, widget.ui.measureButton):
         assert button.enabled is pipeline_ready
-        unavailable = button.toolTip == "available once the body-composition pipeline is installed"
+        unavailable = button.toolTip == MSKSegLib.pipeline_unavailable_tooltip("sarcopenia")
         assert unavailable is not pipeline_ready
     widget._parameterNode.outputSegmentation = None
     widget.updateButtonStates()
@@ -781,10 +904,10 @@ def test_the_model_box_lists_segmentation_cards_only():
 
 # ------------------------------------------------------------------------------ the modules' Slicer self-tests
 @pytest.mark.parametrize("module", MODULES)
-def test_module_self_test_passes_on_slicer_core(module, slicer_stubs, monkeypatch, tmp_path):
+def test_module_self_test_passes_on_slicer_core(module, slicer_stubs, sarcopenia_scene, monkeypatch, tmp_path):
     """Reload and Test, headless: real export through mskseg.app on the synthetic case; no model is run."""
-    monkeypatch.setattr(slicer_setup.tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(slicer_setup, "ensure_dependencies", lambda ask=True: [])
+    monkeypatch.setattr(selftest.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(dependencies, "ensure_dependencies", lambda ask=True: [])
     from mskseg import app
 
     monkeypatch.setattr(app, "list_model_cards", lambda task, dirs=None: [])

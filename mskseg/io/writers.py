@@ -165,3 +165,20 @@ def write_overlay_png(path: str | Path, image: Image, labelmap: Image, labels: L
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def write_image(path: str | Path, image: Image, *, overwrite: bool = False) -> Path:
+    """Write an intensity image (a CT in HU, any voxel type) as NRRD, NIfTI or MHA, by the suffix of ``path``.
+
+    Geometry (spacing, origin, direction) is kept, so :func:`mskseg.io.read_image` reads back the same grid;
+    metadata (DICOM attributes) is not stored in the file. Used to hand a Slicer volume to the background
+    worker (:mod:`mskseg.worker`).
+
+    Raises:
+        OutputExistsError: ``path`` exists and ``overwrite`` is False.
+    """
+    import SimpleITK as sitk
+
+    path = prepare_output(path, overwrite)
+    sitk.WriteImage(image.to_sitk(), str(path), useCompression=False)
+    return path
