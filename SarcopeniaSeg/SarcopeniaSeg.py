@@ -151,10 +151,20 @@ class SarcopeniaSegLogic(MSKSegLib.TaskLogicMixin, ScriptedLoadableModuleLogic):
 
     TASK = "sarcopenia"
     PARAMETER_NODE = SarcopeniaSegParameterNode
-    PROCESS_FUNCTION = "process"  # the registry's name of the sarcopenia task's model-card run
+
+    def process(self, inputVolume, modelCard: str = "", device: str = "auto", outputSegmentation=None,
+                progress=None):
+        """The whole run in this process (find L3, segment, measure), as ``mskseg sarcopenia`` does it;
+        returns the segmentation node (its measurements table: attribute ``MSKSeg.MeasurementsTableID``)."""
+        MSKSegLib.require_volume(inputVolume)
+        segmentation, table = MSKSegLib.task_function(self.TASK, "process")(
+            slicer.mrmlScene, inputVolume, segmentation_node=outputSegmentation, progress=progress, device=device,
+            model=modelCard or None)
+        segmentation.SetAttribute("MSKSeg.MeasurementsTableID", table.GetID())
+        return segmentation
 
     def findL3(self, inputVolume, device: str = "auto", progress=None) -> int:
-        """Index ``k`` (numpy axis 0 of the volume's voxel array) of the slice through the middle of L3.
+        """Index of the slice through the middle of L3, counted along the volume's axial (head-feet) axis.
 
         What was found (level, confidence, every vertebra level, warnings) is kept on the volume node.
         """
@@ -171,6 +181,8 @@ class SarcopeniaSegLogic(MSKSegLib.TaskLogicMixin, ScriptedLoadableModuleLogic):
             index = parameters.inputVolume.GetAttribute("MSKSeg.L3.Index")
         options = ["--levels", "auto" if index is None else str(int(index)), "--slab", str(parameters.slabSlices),
                    "--method", parameters.tissueMethod, "--device", parameters.device]
+        if parameters.modelCard:
+            options += ["--model", str(parameters.modelCard)]
         return options + (["--muscle-groups"] if parameters.muscleGroups else [])
 
     def levelReport(self, inputVolume) -> str:
@@ -194,8 +206,16 @@ class SarcopeniaSegLogic(MSKSegLib.TaskLogicMixin, ScriptedLoadableModuleLogic):
             muscle_groups=muscleGroups, device=device, progress=progress, segmentation_node=outputSegmentation,
             model_card=modelCard or None)
 
+    @staticmethod
+    def axialAxis(volumeNode) -> int:
+        """The IJK axis of ``volumeNode`` closest to head-feet: slice indices count along it (any storage)."""
+        ijkToRas = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(ijkToRas)
+        return max(range(3), key=lambda c: abs(ijkToRas.GetElement(2, c)))
+
     def shownSliceIndex(self, volumeNode):
-        """Slice index ``k`` of ``volumeNode`` that the Red (axial) view shows, None when not on the volume."""
+        """Slice index of ``volumeNode`` (along its axial axis) that the Red (axial) view shows, None when the
+        view is not on the volume."""
         layoutManager = slicer.app.layoutManager()
         sliceWidget = layoutManager.sliceWidget("Red") if layoutManager else None
         if sliceWidget is None or volumeNode is None or volumeNode.GetImageData() is None:
@@ -204,15 +224,18 @@ class SarcopeniaSegLogic(MSKSegLib.TaskLogicMixin, ScriptedLoadableModuleLogic):
         volumeNode.GetRASToIJKMatrix(rasToIjk)
         sliceToRas = sliceWidget.mrmlSliceNode().GetSliceToRAS()
         centre = [sliceToRas.GetElement(row, 3) for row in range(3)] + [1.0]
-        k = int(round(rasToIjk.MultiplyPoint(centre)[2]))
-        return k if 0 <= k < volumeNode.GetImageData().GetDimensions()[2] else None
+        axis = self.axialAxis(volumeNode)
+        k = int(round(rasToIjk.MultiplyPoint(centre)[axis]))
+        return k if 0 <= k < volumeNode.GetImageData().GetDimensions()[axis] else None
 
     def showSlice(self, volumeNode, index: int) -> None:
-        """Centre the slice views on slice ``index`` of ``volumeNode``."""
+        """Centre the slice views on slice ``index`` (along the axial axis) of ``volumeNode``."""
         ijkToRas = vtk.vtkMatrix4x4()
         volumeNode.GetIJKToRASMatrix(ijkToRas)
         dims = volumeNode.GetImageData().GetDimensions()
-        ras = ijkToRas.MultiplyPoint([(dims[0] - 1) / 2, (dims[1] - 1) / 2, index, 1])
+        point = [(dims[c] - 1) / 2 for c in range(3)] + [1]
+        point[self.axialAxis(volumeNode)] = index
+        ras = ijkToRas.MultiplyPoint(point)
         slicer.modules.markups.logic().JumpSlicesToLocation(ras[0], ras[1], ras[2], True)
 
     def measure(self, segmentationNode, volumeNode, height_m: float = 0.0, weight_kg: float = 0.0,

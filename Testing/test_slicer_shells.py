@@ -475,18 +475,8 @@ def test_sarcopenia_help_cites_windows_and_every_cutoff_set(slicer_stubs, monkey
         assert text in parent.helpText, text
 
 
-#: Module of the sarcopenia task's Slicer functions (``mskseg.sarcopenia.task``); until it exists in this tree,
-#: the tests that run the real functions alias it to ``mskseg.app``, which holds the same functions.
+#: Module of the sarcopenia task's Slicer functions (declared in ``mskseg.sarcopenia.task``).
 SARCOPENIA_SCENE = "mskseg.sarcopenia.scene"
-
-
-@pytest.fixture
-def sarcopenia_scene(monkeypatch):
-    """``mskseg.sarcopenia.scene``, or ``mskseg.app`` in its place where the former is not written yet."""
-    if importlib.util.find_spec(SARCOPENIA_SCENE) is None:
-        from mskseg import app
-
-        monkeypatch.setitem(sys.modules, SARCOPENIA_SCENE, app)
 
 
 @pytest.fixture
@@ -506,7 +496,21 @@ def fake_app(monkeypatch):
         return [f"{out_dir}/a.seg.nrrd"]
 
     app.run_segmentation, app.export_results = run_segmentation, export_results
-    app.process = run_segmentation  # the sarcopenia task's name of the same entry point
+    class Node(str):
+        """A stand-in node: its name, and attributes that are accepted."""
+
+        def SetAttribute(self, name, value):  # noqa: N802 (MRML's name)
+            pass
+
+        def GetID(self):  # noqa: N802
+            return f"{self}-id"
+
+    def process(scene, volume_node, *, segmentation_node=None, progress=None, device="auto", model=None):
+        """The sarcopenia task's whole run (``mskseg.sarcopenia.scene.process``): the model card is an option."""
+        calls.append(("run_segmentation", scene, volume_node, model, device, progress, segmentation_node))
+        return Node("new segmentation node"), Node("measurements")
+
+    app.process = process
     monkeypatch.setitem(sys.modules, "mskseg.app", app)
     monkeypatch.setattr(mskseg, "app", app, raising=False)
     monkeypatch.setitem(sys.modules, SARCOPENIA_SCENE, app)  # the sarcopenia task's Slicer functions
@@ -904,7 +908,7 @@ def test_the_model_box_lists_segmentation_cards_only():
 
 # ------------------------------------------------------------------------------ the modules' Slicer self-tests
 @pytest.mark.parametrize("module", MODULES)
-def test_module_self_test_passes_on_slicer_core(module, slicer_stubs, sarcopenia_scene, monkeypatch, tmp_path):
+def test_module_self_test_passes_on_slicer_core(module, slicer_stubs, monkeypatch, tmp_path):
     """Reload and Test, headless: real export through mskseg.app on the synthetic case; no model is run."""
     monkeypatch.setattr(selftest.tempfile, "tempdir", str(tmp_path))
     monkeypatch.setattr(dependencies, "ensure_dependencies", lambda ask=True: [])

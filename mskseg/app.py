@@ -87,3 +87,28 @@ def export_results(scene, segmentation_node, volume_node, out_dir: str | Path,
     written = export_result(out_dir, image, labelmap, labels, formats=fmts, overwrite=overwrite,
                             title=mrml.node_name(segmentation_node), summary=extra)
     return [str(p) for p in written]
+
+
+def load_result(scene, volume_node, folder: str | Path, segmentation_node=None):
+    """Load the segmentation of a result folder written by a model-card run (the background worker's output)
+    into the scene as a new segmentation node (``segmentation_node`` only when it is empty); returns the node.
+
+    Raises:
+        MSKSegError: the folder holds no ``segmentation.seg.nrrd`` (an incomplete run).
+    """
+    from . import mrml
+    from .errors import MSKSegError
+    from .image import labels_on_grid
+    from .io.export import FILE_NAMES
+    from .io.segnrrd import read_seg_nrrd
+
+    path = Path(folder) / FILE_NAMES["seg.nrrd"]
+    if not path.is_file():
+        raise MSKSegError(f"the result folder {folder} is incomplete (no {path.name})", "run the segmentation again")
+    image = mrml.volume_node_to_image(volume_node)
+    labelmap, labels = read_seg_nrrd(path)
+    labelmap = image.with_array(labels_on_grid(labelmap, image), keep_metadata=False)
+    reuse = segmentation_node is not None and mrml.segment_count(segmentation_node) == 0
+    name = mrml.new_segmentation_node_name(scene, f"{mrml.node_name(volume_node)} segmentation")
+    return mrml.labelmap_to_segmentation_node(labelmap, labels, scene, reference_volume_node=volume_node, name=name,
+                                              segmentation_node=segmentation_node if reuse else None)

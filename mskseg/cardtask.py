@@ -67,5 +67,6 @@ def make_task(entry: TaskEntry) -> Task:
         name=entry.name, title=entry.slicer_module, summary=entry.summary, steps=tuple(STEP_WEIGHTS), run=run_card,
         export=export_card_result, slicer_module=entry.slicer_module, model_task=entry.name,
         slicer={name: lazy_function("mskseg.app", name) for name in
-                ("run_segmentation", "measure_segmentation", "export_results", "list_model_cards", "device_report")},
+                ("run_segmentation", "measure_segmentation", "export_results", "list_model_cards", "device_report",
+                 "load_result")},
     )

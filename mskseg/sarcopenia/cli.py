@@ -90,6 +90,8 @@ def add_sarcopenia_arguments(s: argparse.ArgumentParser) -> None:
                          help="when L3 is outside the field of view, measure the next level present")
     options.add_argument("--vat-window", metavar="LO,HI", help="VAT window in HU, e.g. --vat-window=-190,-30 (write '=' before a negative number; "
                               "default -150,-50)")
+    options.add_argument("--model", metavar="CARD",
+                         help="tissue model card (file or name) to use instead of the installed one (--method network/auto)")
     options.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
 
 
@@ -143,7 +145,8 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return {"height_m": args.height, "weight_kg": args.weight, "sex": args.sex,
             "cutoff_set": get_cutoff_set(args.cutoffs).name, "level_index": _level_index(args.levels),
             "slab": args.slab, "method": args.method, "muscle_groups": args.muscle_groups,
-            "allow_fallback": args.allow_fallback, "settings": _settings(args.vat_window), "device": args.device}
+            "allow_fallback": args.allow_fallback, "settings": _settings(args.vat_window), "device": args.device,
+            "model": getattr(args, "model", None)}
 
 
 def _print_result(result: Any, written: list[Path], t_read: float, t_write: float) -> None:

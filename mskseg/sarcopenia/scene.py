@@ -175,7 +175,9 @@ def measure_body_composition(scene, segmentation_node, volume_node, height_m: fl
 
 def load_result(scene, volume_node, folder: str | Path, segmentation_node=None, table_node=None):
     """Load a result folder written by :func:`mskseg.sarcopenia.export.export_sarcopenia` (the background
-    worker's output) into the scene, as :func:`process` would have made it: ``(segmentation node, table node)``.
+    worker's output) into the scene, as :func:`process` would have made it; returns the segmentation node (a
+    new one unless ``segmentation_node`` is empty). Its measurements go into a table node whose ID the
+    segmentation keeps in the attribute ``MSKSeg.MeasurementsTableID``.
 
     Raises:
         MSKSegError: the folder lacks ``segmentation.seg.nrrd`` or ``metrics.json`` (an incomplete run).
@@ -208,7 +210,8 @@ def load_result(scene, volume_node, folder: str | Path, segmentation_node=None, 
                                        units=described.get("units") or {}, table_node=table_node)
     mrml.set_attributes(table, {"MSKSeg.CutoffSet": described.get("cutoff_set"),
                                 "MSKSeg.Warnings": json.dumps(described.get("warnings") or [])})
-    return node, table
+    mrml.set_attributes(node, {"MeasurementsTableID": mrml.node_id(table)}, prefix=SEGMENTATION_ATTRIBUTE_PREFIX)
+    return node
 
 
 # ------------------------------------------------------------------------------------------------ helpers
