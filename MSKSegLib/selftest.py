@@ -30,26 +30,17 @@ def add_synthetic_case(class_names: Sequence[str], scene: Any = None,
     Returns:
         ``(volume_node, segmentation_node)``; the segmentation refers to the volume and has its geometry.
     """
-    import numpy as np
-
     from mskseg import mrml
-    from mskseg.image import Image
+    from mskseg.demo import box_case
 
     if scene is None:
         import slicer
 
         scene = slicer.mrmlScene
-    hu = np.full((16, 48, 64), -1000, np.int16)
-    hu[:, 8:40, 8:56] = -100  # fat
-    hu[:, 14:34, 14:50] = 40  # muscle and organs
-    hu[:, 20:28, 28:36] = 400  # bone
-    labels = np.zeros(hu.shape, np.uint8)
-    for index in range(len(class_names)):
-        labels[2:14, 16:30, 16 + 4 * index:19 + 4 * index] = index + 1
-    volume = Image(hu, (0.8, 0.8, 2.5), (-25.6, -19.2, 100.0), np.eye(3), {"Modality": "CT"})
+    volume, labelmap = box_case(class_names)
     volume_node = mrml.image_to_volume_node(volume, scene, name)
     segmentation_node = mrml.labelmap_to_segmentation_node(
-        volume.with_array(labels), {n + 1: c for n, c in enumerate(class_names)}, scene, volume_node,
+        labelmap, {n + 1: c for n, c in enumerate(class_names)}, scene, volume_node,
         name=f"{name} segmentation")
     return volume_node, segmentation_node
 

@@ -27,6 +27,6 @@ def test_window_texts_are_generated_from_the_settings():
 
 
 def test_cli_help_shows_the_settings_windows():
-    from mskseg.sarcopenia.cli import _epilog
+    from mskseg.sarcopenia.cli import epilog
 
-    assert windows_help_text() in _epilog()
+    assert windows_help_text() in epilog()

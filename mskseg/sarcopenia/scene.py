@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from .. import mrml
-from ..app import device_report, export_results, list_model_cards  # noqa: F401  (the task's Slicer functions)
 from ..engine import CancelToken, Progress
 from ..errors import InvalidImageError, MSKSegError
 

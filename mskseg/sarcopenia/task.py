@@ -21,9 +21,11 @@ TASK = Task(
     add_arguments=add_sarcopenia_arguments,
     cli=run_sarcopenia_cli,
     options_from_args=options_from_args,
-    slicer={name: lazy_function(_SCENE, name) for name in
-            ("process", "find_l3", "describe_l3", "segment_body_composition", "measure_body_composition",
-             "export_results", "list_model_cards", "device_report", "load_result")},
+    slicer={**{name: lazy_function(_SCENE, name) for name in
+               ("process", "find_l3", "describe_l3", "segment_body_composition", "measure_body_composition",
+                "load_result")},
+            **{name: lazy_function("mskseg.app", name) for name in
+               ("export_results", "list_model_cards", "device_report")}},
     slicer_module="SarcopeniaSeg",
     model_task="sarcopenia",
 )
