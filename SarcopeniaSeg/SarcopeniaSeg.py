@@ -43,6 +43,8 @@ class SarcopeniaSeg(ScriptedLoadableModule):
     """
 
     def __init__(self, parent):
+        from mskseg.sarcopenia.settings import windows_help_html  # light: the default windows, no numpy
+
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "Sarcopenia Segmentation"
         self.parent.helpText = """
@@ -50,8 +52,7 @@ Finds the third lumbar vertebra (L3) in an abdominal CT, segments skeletal muscl
 (IMAT), subcutaneous (SAT) and visceral adipose tissue (VAT) there, and measures body composition: area of each tissue
 (cm<sup>2</sup>), mean and SD of HU (muscle radiodensity, SMD), skeletal muscle index SMI = SMA / height<sup>2</sup>
 (cm<sup>2</sup>/m<sup>2</sup>), VAT/SAT ratio, per slice or as the mean over a slab of slices.
-<p>Tissue windows (HU, the Slice-O-Matic / Comp2Comp convention, settings reported with every result): muscle
--29..+150; IMAT and SAT -190..-30; VAT -150..-50 (or -190..-30).</p>
+""" + windows_help_html() + """
 <p>Low-muscle cut-offs (SMI in cm<sup>2</sup>/m<sup>2</sup>, men / women), chosen by name, never hard-wired:
 <b>Prado 2008</b> (SMI &lt; 52.4 / 38.5);
 <b>Martin 2013</b> (men SMI &lt; 43 if BMI &lt; 25, &lt; 53 if BMI &ge; 25; women SMI &lt; 41; both: SMD &lt; 41 HU
@@ -209,9 +210,11 @@ class SarcopeniaSegLogic(MSKSegLib.TaskLogicMixin, ScriptedLoadableModuleLogic):
     @staticmethod
     def axialAxis(volumeNode) -> int:
         """The IJK axis of ``volumeNode`` closest to head-feet: slice indices count along it (any storage)."""
-        ijkToRas = vtk.vtkMatrix4x4()
-        volumeNode.GetIJKToRASMatrix(ijkToRas)
-        return max(range(3), key=lambda c: abs(ijkToRas.GetElement(2, c)))
+        from mskseg.orientation import axial_index_axis
+
+        directions = [[0.0] * 3 for _ in range(3)]
+        volumeNode.GetIJKToRASDirections(directions)
+        return axial_index_axis(directions)
 
     def shownSliceIndex(self, volumeNode):
         """Slice index of ``volumeNode`` (along its axial axis) that the Red (axial) view shows, None when the

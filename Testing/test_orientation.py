@@ -9,7 +9,7 @@ import SimpleITK as sitk
 
 from mskseg.errors import InvalidImageError
 from mskseg.image import Image
-from mskseg.orientation import labelmap_to_source, reorientation_of, to_canonical
+from mskseg.orientation import axial_index_axis, labelmap_to_source, reorientation_of, to_canonical
 from mskseg.sarcopenia.pipeline import run_sarcopenia
 
 #: DICOM orientation codes of the storages tested (SimpleITK's DICOMOrient: LPS = identity direction):
@@ -64,6 +64,15 @@ def test_slice_indices_map_along_the_stored_axial_axis(oblique_ct):
     n = stored.array.shape[1]
     assert [how.canonical_slice(k) for k in range(n)] == list(range(n))[::-1]
     assert all(how.source_slice(how.canonical_slice(k)) == k for k in range(n))
+
+
+@pytest.mark.parametrize("code", STORAGES)
+def test_slicer_views_and_results_count_slices_along_the_same_axis(oblique_ct, code):
+    """SarcopeniaSeg's slice views use axial_index_axis on Slicer's IJK-to-RAS directions; the results count
+    slice indices along reorientation_of's axial axis: they must be the same axis (RAS flips signs only)."""
+    stored = stored_as(oblique_ct, code)
+    ras_directions = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(stored.direction)
+    assert axial_index_axis(ras_directions) == 2 - reorientation_of(stored).axial_axis
 
 
 def test_a_grid_rotated_by_45_degrees_gets_one_axis_each():

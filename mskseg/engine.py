@@ -230,10 +230,6 @@ class ProgressReporter:
         self.check()
 
 
-#: Old private name, kept until :mod:`mskseg.sarcopenia.l3` imports :class:`ProgressReporter`.
-_Reporter = ProgressReporter
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Input normalisation
 # ----------------------------------------------------------------------------------------------------------

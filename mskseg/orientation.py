@@ -81,6 +81,22 @@ class Reorientation:
         return self.canonical_slice(canonical_index)  # the map is its own inverse
 
 
+def patient_axes(direction) -> tuple[int, int, int]:
+    """For each index axis ``c`` (0 = i, 1 = j, 2 = k), the patient axis (0 = x, 1 = y, 2 = z) it is assigned.
+
+    ``direction`` is the 3 x 3 matrix whose columns are the index axes in patient space, LPS or RAS (signs do
+    not matter). The assignment is one to one: of the six, the one with the largest sum of direction cosines.
+    """
+    d = np.asarray(direction, float).reshape(3, 3)
+    return max(itertools.permutations(range(3)), key=lambda p: sum(abs(d[p[c], c]) for c in range(3)))
+
+
+def axial_index_axis(direction) -> int:
+    """The index axis (0 = i, 1 = j, 2 = k) that runs head to feet under :func:`patient_axes`: the axis slice
+    indices count along in results, for any storage (Slicer passes its IJK-to-RAS directions)."""
+    return patient_axes(direction).index(2)
+
+
 def reorientation_of(image: Image) -> Reorientation:
     """The :class:`Reorientation` that brings ``image`` (3D) to the canonical layout.
 
@@ -93,8 +109,7 @@ def reorientation_of(image: Image) -> Reorientation:
     if image.ndim != 3:
         raise InvalidImageError(f"a volume is needed; this image is {image.ndim}D with shape {image.array.shape}")
     d = np.asarray(image.direction, float)
-    # index axis c (0 = i, 1 = j, 2 = k) is closest to LPS axis patient_axis[c]
-    patient_axis = max(itertools.permutations(range(3)), key=lambda p: sum(abs(d[p[c], c]) for c in range(3)))
+    patient_axis = patient_axes(d)
     index_axis_of = {patient_axis[c]: c for c in range(3)}  # LPS axis -> index axis
     # canonical numpy axis a holds LPS axis 2 - a (k = z, j = y, i = x); index axis c is numpy axis 2 - c
     source_axes = tuple(2 - index_axis_of[2 - a] for a in range(3))

@@ -186,7 +186,7 @@ def _settings(vat_window: str | None):
     try:
         low, high = (float(v) for v in vat_window.split(","))
     except ValueError:
-        raise InvalidImageError(f"--vat-window '{vat_window}' is not LO,HI", "e.g. --vat-window -190,-30") from None
+        raise InvalidImageError(f"--vat-window '{vat_window}' is not LO,HI", "e.g. --vat-window=-190,-30") from None
     return BodyCompSettings(vat_hu=(low, high))
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..anatomy import vertebra_order
-from ..engine import CancelToken, Progress, _Reporter
+from ..engine import CancelToken, Progress, ProgressReporter
 from ..image import Image
 from ..spine.checks import (MAX_PIXEL_MM, MAX_SLICE_SPACING_MM, MIN_PIXEL_MM, LevelNotFoundError,
                             check_ct_for_levels)
@@ -191,7 +191,7 @@ def detect_l3(image: Image, *, device: str = "auto", progress: Progress | None =
         confidence *= 0.6
     index = found.slice_of(found.levels_mm[level])
     position = float(image.index_to_physical(np.array([0.0, 0.0, float(index)]))[2])
-    _Reporter(progress, cancel_token, "finding L3").report(1.0, f"{level} at slice {index}")
+    ProgressReporter(progress, cancel_token, "finding L3").report(1.0, f"{level} at slice {index}")
     return L3Result(index=index, position_mm=position, level=level, confidence=round(float(confidence), 3),
                     levels=found.slices(), method=found.method, cross_check=check, warnings=warnings,
                     fallback_used=fallback_used, seconds=round(time.perf_counter() - t0, 3))

@@ -103,7 +103,7 @@ def _and(names: list[str]) -> str:
 def windows_help_text() -> str:
     """The tissue-window paragraph of ``mskseg sarcopenia --help`` (plain text, two lines, indented)."""
     wide = f"{_hu(VAT_HU_WIDE[0])},{_hu(VAT_HU_WIDE[1])}"
-    return (f"  {describe_windows()} (--vat-window {wide} for the wider one).\n"
+    return (f"  {describe_windows()} (--vat-window={wide} for the wider one).\n"
             "  Muscle-labelled pixels in the IMAT window count as IMAT.")
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..anatomy import vertebra_order
-from ..engine import CancelToken, Progress, _Reporter
+from ..engine import CancelToken, Progress, ProgressReporter
 from ..errors import MSKSegError
 from ..image import Image
 from .checks import LevelNotFoundError, check_ct_for_levels
@@ -103,7 +103,7 @@ def find_vertebra_levels(image: Image, *, device: str = "auto", progress: Progre
         LevelNotFoundError: the field of view ends in the thorax, or no level at all was found.
         CancelledError: cancelled.
     """
-    reporter = _Reporter(progress, cancel_token, what)
+    reporter = ProgressReporter(progress, cancel_token, what)
     reporter.report(0.0, "checking the CT")
     check_ct_for_levels(image)
     warnings: list[str] = []

@@ -43,6 +43,7 @@ from scipy import ndimage
 
 from ..errors import InvalidImageError
 from ..image import Image
+from ..sarcopenia.labels import TISSUE_LABELS
 from .artifacts import outside_fov, simulate_scan
 from .labelmap_body import (ADDED_LABELS, INTERNAL_LABELS, add_body_layers, add_discs, atrophy_muscles, grow_bowel,
                             tissue_kind)
@@ -55,8 +56,7 @@ __all__ = ["ADDED_LABELS", "BODYCOMP_LABELS", "BoneTexture", "Habitus", "Spatial
 
 
 #: Body-composition classes of :func:`bodycomp_labels`.
-BODYCOMP_LABELS: dict[int, str] = {1: "skeletal_muscle", 2: "subcutaneous_fat", 3: "visceral_fat",
-                                   4: "intermuscular_fat"}
+BODYCOMP_LABELS: dict[int, str] = dict(TISSUE_LABELS)
 
 #: Margin (mm) added around the label map in-plane so that the added body wall fits.
 BODY_PAD_MM = 60.0

@@ -27,6 +27,9 @@ import numpy as np
 from scipy import ndimage
 
 from ..image import Image
+from ..sarcopenia.labels import MUSCLE_GROUPS
+from ..sarcopenia.settings import BodyCompSettings
+from ..sarcopenia.labels import TISSUE_LABELS as BODYCOMP_TISSUE_LABELS
 from .artifacts import simulate_scan
 
 #: Version of the phantom generator, written into the model cards of networks trained on it. 2: large liver
@@ -34,15 +37,15 @@ from .artifacts import simulate_scan
 GENERATOR_VERSION = "mskseg l3-phantom 2"
 from .tissues import ScanParams, sample_scan_params, sample_tissue_hu
 
-#: Tissue label values of :attr:`PhantomSample.tissue` (class names of :mod:`mskseg.terminology`).
-TISSUE_LABELS: dict[int, str] = {1: "skeletal_muscle", 2: "subcutaneous_fat", 3: "visceral_fat",
-                                 4: "intermuscular_fat"}
-#: Muscle-group label values of :attr:`PhantomSample.muscle_groups`.
-GROUP_LABELS: dict[int, str] = {1: "psoas", 2: "paraspinal", 3: "abdominal_wall"}
+#: Tissue label values of :attr:`PhantomSample.tissue`: those of every body-composition label map.
+TISSUE_LABELS: dict[int, str] = dict(BODYCOMP_TISSUE_LABELS)
+#: Label values of :attr:`PhantomSample.muscle_groups`, a compact map of its own (1, 2, 3 in the order of
+#: :data:`mskseg.sarcopenia.labels.MUSCLE_GROUPS`); networks and outputs match groups by name, not value.
+GROUP_LABELS: dict[int, str] = {i + 1: name for i, name in enumerate(MUSCLE_GROUPS)}
 
 #: Body-composition HU windows used to label the rendered image (inclusive).
-MUSCLE_WINDOW = (-29.0, 150.0)
-FAT_WINDOW = (-190.0, -30.0)
+MUSCLE_WINDOW = BodyCompSettings().muscle_hu
+FAT_WINDOW = BodyCompSettings().sat_hu
 
 #: Fine-grained structures of :attr:`PhantomSample.anatomy` and the tissue each is rendered as.
 ANATOMY: dict[int, tuple[str, str]] = {
