@@ -61,11 +61,22 @@ def export_card_result(out_dir: str | Path, image: Image, result: Any, *, overwr
                          summary={**(extra or {}), "model": result.model, "device": result.device})
 
 
+def summarise_card(result: Any) -> dict[str, Any]:
+    """The result's row of a cohort table: the model, and the volume (cm3) of every class of its card."""
+    import numpy as np
+
+    labelmap = result.labelmap
+    counts = np.bincount(np.asarray(labelmap.array).ravel().astype(np.int64), minlength=max(result.labels, default=0) + 1)
+    voxel_cm3 = float(np.prod(labelmap.spacing)) / 1000.0
+    return {"method": result.model,
+            **{f"{name}_cm3": round(float(counts[value]) * voxel_cm3, 3) for value, name in sorted(result.labels.items())}}
+
+
 def make_task(entry: TaskEntry) -> Task:
     """The :class:`~mskseg.tasks.Task` of a registry line whose module is this one (``bone``, ``spine``)."""
     return Task(
         name=entry.name, title=entry.slicer_module, summary=entry.summary, steps=tuple(STEP_WEIGHTS), run=run_card,
-        export=export_card_result, slicer_module=entry.slicer_module, model_task=entry.name,
+        export=export_card_result, slicer_module=entry.slicer_module, model_task=entry.name, summarise=summarise_card,
         slicer={name: lazy_function("mskseg.app", name) for name in
                 ("run_segmentation", "measure_segmentation", "export_results", "list_model_cards", "device_report",
                  "load_result")},

@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_synth_parser(sub)
     _add_task_parsers(sub)
+    from .batch_cli import add_batch_parser
+
+    add_batch_parser(sub)
     _add_optional_parsers(sub)
 
     s = sub.add_parser("terminology", help="list class names and codes, or write Slicer's .term.json")
@@ -138,8 +141,12 @@ def _add_output_args(s: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mskseg`` command; returns the exit status."""
+    from .batch_cli import split_task_options
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words, task_options = split_task_options(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(words)
+    args.task_options = task_options
     if not args.command:
         parser.print_help()
         return 0

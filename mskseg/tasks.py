@@ -43,6 +43,8 @@ class Task:
         slicer: Slicer Logic entry points: name -> ``function(scene, ...)`` over MRML nodes.
         slicer_module: name of the Slicer module that shows the task.
         model_task: the ``task`` field of the model cards that belong to this task.
+        summarise: ``summarise(result) -> {column: value}``, the result's row of a cohort table (headline
+            metrics, level, method, warnings); None: the cohort table gets only the run's own columns.
     """
 
     name: str
@@ -58,6 +60,7 @@ class Task:
     slicer: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
     slicer_module: str = ""
     model_task: str = ""
+    summarise: Callable[[Any], Mapping[str, Any]] | None = None
     description: str = ""
     epilog: str = ""
 

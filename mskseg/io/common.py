@@ -103,3 +103,21 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def flat_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with nested values flattened for a CSV: a dict cell ``{"a": 1}`` under ``flags`` becomes the
+    column ``flags.a``; a list becomes one ``"; "``-joined cell."""
+    flat = []
+    for row in rows:
+        out: dict[str, Any] = {}
+        for key, value in row.items():
+            if isinstance(value, dict):
+                for sub, v in value.items():
+                    out[f"{key}.{sub}"] = "; ".join(map(str, v)) if isinstance(v, (list, tuple)) else v
+            elif isinstance(value, (list, tuple)):
+                out[key] = "; ".join(map(str, value))
+            else:
+                out[key] = value
+        flat.append(out)
+    return flat

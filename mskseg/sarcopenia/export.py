@@ -6,7 +6,8 @@ from typing import Any
 
 from ..errors import OutputExistsError
 from ..image import Image
-from .pipeline import SarcopeniaResult, flat_rows
+from ..io.common import flat_rows
+from .pipeline import SarcopeniaResult
 
 #: File names :func:`export_sarcopenia` writes (muscle groups, when measured, are segments of the segmentation).
 OUTPUT_FILES = {"seg.nrrd": "segmentation.seg.nrrd", "dicom-seg": "segmentation.dcm", "csv": "metrics.csv",

@@ -32,7 +32,7 @@ import numpy as np
 from ..engine import CancelToken, Progress
 from ..errors import InvalidImageError
 from ..image import Image
-from ..io.common import Labels, to_jsonable
+from ..io.common import Labels, flat_rows, to_jsonable
 from ..orientation import Reorientation, labelmap_to_source, to_canonical
 from ..steps import StepRunner
 from .labels import TISSUE_LABELS
@@ -482,22 +482,16 @@ def windowed_labelmap(image: Image, labelmap: Image, labels: Labels, slices: lis
     return labelmap.with_array(array)
 
 
-def flat_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows with nested values flattened for a CSV: a dict cell ``{"a": 1}`` under ``flags`` becomes the
-    column ``flags.a``; a list becomes one ``"; "``-joined cell."""
-    flat = []
-    for row in rows:
-        out: dict[str, Any] = {}
-        for key, value in row.items():
-            if isinstance(value, dict):
-                for sub, v in value.items():
-                    out[f"{key}.{sub}"] = "; ".join(map(str, v)) if isinstance(v, (list, tuple)) else v
-            elif isinstance(value, (list, tuple)):
-                out[key] = "; ".join(map(str, value))
-            else:
-                out[key] = value
-        flat.append(out)
-    return flat
+def summarise_sarcopenia(result: SarcopeniaResult) -> dict[str, Any]:
+    """The result's row of a cohort table: the level (name, slice, confidence, how it was found), the tissue
+    method, the warnings, and every column of the headline row (:meth:`SarcopeniaResult.headline_row`: the
+    slab mean or the single slice), flattened as in ``metrics.csv``."""
+    l3 = result.l3
+    row = flat_rows([result.headline_row()])[0]
+    row.pop("row", None)
+    return {"level": getattr(l3, "level", None), "level_slice_index": getattr(l3, "index", None),
+            "level_confidence": getattr(l3, "confidence", None), "level_method": getattr(l3, "method", None),
+            "method": result.tissue_method, "warnings": list(result.warnings), **row}
 
 
 def _patient_dict(patient: Any) -> dict[str, Any]:

@@ -202,7 +202,7 @@ def load_result(scene, volume_node, folder: str | Path, segmentation_node=None, 
         _keep_level(scene, volume_node, image, found)
     node = _segmentation_node(scene, volume_node, labelmap, labels, segmentation_node)
     _describe_segmentation(node, found, described.get("slices") or [found.index], described.get("tissue_method"))
-    from .pipeline import flat_rows
+    from ..io.common import flat_rows
 
     table = mrml.metrics_to_table_node(flat_rows(described.get("rows") or []), scene,
                                        name=f"{mrml.node_name(node)} measurements",
@@ -295,7 +295,7 @@ def _result_segmentation(scene, volume_node, result, segmentation_node=None):
 
 
 def _result_table(scene, segmentation_node, rows, units, descriptions, cutoff_set, warnings, table_node=None):
-    from .pipeline import flat_rows
+    from ..io.common import flat_rows
 
     table = mrml.metrics_to_table_node(flat_rows(rows), scene,
                                        name=f"{mrml.node_name(segmentation_node)} measurements", units=units,

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..tasks import Task, lazy_function
 from .cli import DESCRIPTION, add_sarcopenia_arguments, epilog, options_from_args, run_sarcopenia_cli
 from .export import OUTPUT_FILES, export_sarcopenia
-from .pipeline import STEPS, run_sarcopenia
+from .pipeline import STEPS, run_sarcopenia, summarise_sarcopenia
 
 _SCENE = "mskseg.sarcopenia.scene"
 
@@ -28,4 +28,5 @@ TASK = Task(
                ("export_results", "list_model_cards", "device_report")}},
     slicer_module="SarcopeniaSeg",
     model_task="sarcopenia",
+    summarise=summarise_sarcopenia,
 )
