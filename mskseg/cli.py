@@ -306,6 +306,7 @@ def cmd_segment(args) -> int:
     """``mskseg segment``: run a model card on each image; one output folder per case."""
     from tqdm import tqdm
 
+    from .batch import case_names
     from .cardtask import export_card_result, run_card
     from .engine import choose_device
     from .io import read_image
@@ -315,7 +316,7 @@ def cmd_segment(args) -> int:
     device = choose_device(args.device)
     print(f"model   {card.title} ({card.path})")
     print(f"device  {device.device}: {device.reason}")
-    names = _case_names(args.images)
+    names = case_names(args.images)
     failures = 0
     for path, name in zip(args.images, names):
         bar = tqdm(total=100, desc=name, unit="%", file=sys.stderr, disable=not sys.stderr.isatty())
@@ -346,21 +347,6 @@ def cmd_segment(args) -> int:
         print(f"{failures} of {len(args.images)} cases failed", file=sys.stderr)
         return 2
     return 0
-
-
-def _case_names(paths: Sequence[str]) -> list[str]:
-    """Unique, file-system safe case names from input paths (``ct.nii.gz`` -> ``ct``)."""
-    names, seen = [], {}
-    for p in paths:
-        n = Path(p.rstrip("/")).name
-        for suffix in (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm", ".png", ".jpg", ".jpeg"):
-            if n.lower().endswith(suffix):
-                n = n[: -len(suffix)]
-                break
-        n = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in n) or "case"
-        seen[n] = seen.get(n, 0) + 1
-        names.append(n if seen[n] == 1 else f"{n}_{seen[n]}")
-    return names
 
 
 def cmd_models(args) -> int:
