@@ -99,16 +99,7 @@ class BackgroundRun:
 
     def start(self) -> "BackgroundRun":
         """Write the input, start the worker and the timer."""
-        from mskseg.worker import WorkerProcess
-
-        self.folder = Path(tempfile.mkdtemp(prefix=f"mskseg-{self.task}-"))
-        try:
-            image_path, metadata_path = write_worker_input(self.volume_node, self.folder)
-        except Exception:
-            shutil.rmtree(self.folder, ignore_errors=True)
-            raise
-        self.worker = WorkerProcess(self.task, image_path, self.out_dir, self.options,
-                                    python=self.python or python_executable(), metadata_path=metadata_path)
+        self.worker = self._make_worker()
         self.worker.start()
         self._show(0.0, "starting")
         if self.timer is None:
@@ -119,6 +110,19 @@ class BackgroundRun:
             self.timer.connect("timeout()", self.poll)
         self.timer.start()
         return self
+
+    def _make_worker(self) -> Any:
+        """A temporary folder with the volume written into it, and the worker that runs the task on it."""
+        from mskseg.worker import WorkerProcess
+
+        self.folder = Path(tempfile.mkdtemp(prefix=f"mskseg-{self.task}-"))
+        try:
+            image_path, metadata_path = write_worker_input(self.volume_node, self.folder)
+        except Exception:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
+        return WorkerProcess(self.task, image_path, self.out_dir, self.options,
+                             python=self.python or python_executable(), metadata_path=metadata_path)
 
     def _show(self, fraction: float, message: str) -> None:
         self.progress_bar.value = int(round(100 * min(max(float(fraction), 0.0), 1.0)))
@@ -157,10 +161,63 @@ class BackgroundRun:
         try:
             callback()
         finally:
-            assert self.folder is not None
-            for path in (self.folder / "input.nrrd", self.folder / "input.metadata.json"):
-                path.unlink(missing_ok=True)
-            if not keep_output:
-                shutil.rmtree(self.folder, ignore_errors=True)
+            self._clean_up(keep_output)
             if self.on_finished is not None:
                 self.on_finished()
+
+    def _clean_up(self, keep_output: bool) -> None:
+        """Remove the input copy; the output too unless the run succeeded."""
+        assert self.folder is not None
+        for path in (self.folder / "input.nrrd", self.folder / "input.metadata.json"):
+            path.unlink(missing_ok=True)
+        if not keep_output:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class CohortRun(BackgroundRun):
+    """A task over a folder of studies (``mskseg batch``) in the background, on the same progress bar.
+
+    Args:
+        task: task name of the registry.
+        source: folder of studies (one sub-folder or image file per study) or manifest CSV.
+        out_dir: the cohort's output folder, chosen by the user: a rerun into it resumes (finished cases are
+            skipped); nothing in it is removed when the run is cancelled or fails (each case folder is whole).
+        options: the task's command-line options.
+        workers: local worker processes.
+        on_case: called with each ``case`` event as a case ends (the panel adds it to its table).
+
+    The other arguments are those of :class:`BackgroundRun`; ``on_done`` gets ``out_dir``, also when some
+    cases failed (their rows say why).
+    """
+
+    def __init__(self, task: str, source: str | Path, out_dir: str | Path, options: Sequence[str], *,
+                 workers: int = 1, on_case: Callable[[dict], None] | None = None, **kwargs: Any):
+        super().__init__(task, None, options, **kwargs)
+        self.source, self.cohort_dir, self.workers, self.on_case = Path(source), Path(out_dir), workers, on_case
+
+    @property
+    def out_dir(self) -> Path:
+        """The cohort's output folder."""
+        return self.cohort_dir
+
+    def _make_worker(self) -> Any:
+        from mskseg.worker import BatchProcess
+
+        return BatchProcess(self.task, self.source, self.cohort_dir, self.options, workers=self.workers,
+                            python=self.python or python_executable())
+
+    def poll(self) -> None:
+        """As :meth:`BackgroundRun.poll`, and each finished case to ``on_case`` and the progress bar."""
+        if self.finished or self.worker is None:
+            return
+        seen = len(self.worker.cases)
+        super().poll()
+        new = self.worker.cases[seen:]
+        if self.on_case is not None:
+            for event in new:
+                self.on_case(event)
+        if new and not self.finished:
+            self._show(*self.worker.progress)
+
+    def _clean_up(self, keep_output: bool) -> None:
+        """Nothing to remove: the cohort folder belongs to the user and holds only whole cases."""

@@ -179,6 +179,10 @@ class TaskWidgetMixin:
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.connectCommonWidgets()
+        from .cohort import CohortPanel
+
+        self.cohortPanel = CohortPanel(self)
+        self.layout.addWidget(self.cohortPanel.widget)
         self.pipelineReady = package_available(self.logic.TASK)
         self.refreshModelCards()
         self.initializeParameterNode()
@@ -250,6 +254,8 @@ class TaskWidgetMixin:
         self.ui.cancelButton.enabled = self.running
         self.ui.exportButton.enabled = bool(parameters.outputSegmentation) and idle
         self.ui.editButton.enabled = bool(parameters.outputSegmentation) and idle
+        if getattr(self, "cohortPanel", None) is not None:
+            self.cohortPanel.updateButtons(idle)
         self.updateTaskButtons(parameters)
 
     def updateTaskButtons(self, parameters: Any) -> None:
@@ -382,8 +388,8 @@ class TaskWidgetMixin:
         self.updateButtonStates()
 
     def onCancelButton(self) -> None:
-        """Stop the work under way: terminate the background worker, or stop the work in this process at its
-        next progress report."""
+        """Stop the work under way: terminate the background worker (a single run or a cohort), or stop the
+        work in this process at its next progress report."""
         if self._backgroundRun is not None:
             self._backgroundRun.cancel()
         if self._progress is not None:
@@ -464,6 +470,30 @@ class TaskLogicMixin:
         """
         require_inputs(parameters.inputVolume, parameters.modelCard)
         return ["--model", str(parameters.modelCard), "--device", str(parameters.device)]
+
+    def cohortOptions(self, parameters: Any) -> list[str]:
+        """The task's command-line options for a cohort run with the choices of ``parameters``: the model card
+        and the device (a module whose task has its own command line overrides this).
+
+        Raises:
+            MSKSegError: no model card chosen, or its file does not exist.
+        """
+        if not parameters.modelCard:
+            raise MSKSegError("No model card is chosen.", "choose one in the Model list, or add one with '...'")
+        if not Path(str(parameters.modelCard)).is_file():
+            raise MSKSegError(f"The model card {parameters.modelCard} does not exist.", "choose another model card")
+        return ["--model", str(parameters.modelCard), "--device", str(parameters.device)]
+
+    def cohortRows(self, outRoot: str | Path) -> list:
+        """The rows of the cohort table in ``outRoot`` (empty before the first case finishes)."""
+        return task_function(self.TASK, "cohort_rows")(outRoot)
+
+    def loadCohortCase(self, outRoot: str | Path, case: str) -> tuple:
+        """Load case ``case`` of the cohort in ``outRoot``: its CT as a new volume and its result (a new
+        segmentation, never over one the user corrected); returns ``(volumeNode, segmentationNode)``."""
+        import slicer
+
+        return task_function(self.TASK, "load_cohort_case")(slicer.mrmlScene, self.TASK, outRoot, case)
 
     def loadResult(self, volumeNode: Any, folder: str | Path) -> Any:
         """Load the result folder of a background run of the task on ``volumeNode`` into the scene (always as

@@ -186,6 +186,16 @@ class SarcopeniaSegLogic(MSKSegLib.TaskLogicMixin, ScriptedLoadableModuleLogic):
             options += ["--model", str(parameters.modelCard)]
         return options + (["--muscle-groups"] if parameters.muscleGroups else [])
 
+    def cohortOptions(self, parameters: SarcopeniaSegParameterNode) -> list[str]:
+        """Options of ``mskseg sarcopenia`` for a cohort: L3 found in every study, the panel's slab, tissue
+        method, model, muscle groups, cut-off set and device (height, weight and sex from each study's DICOM
+        header or the cohort's manifest)."""
+        options = ["--levels", "auto", "--slab", str(parameters.slabSlices), "--method", parameters.tissueMethod,
+                   "--cutoffs", parameters.cutoffSet, "--device", parameters.device]
+        if parameters.modelCard:
+            options += ["--model", str(parameters.modelCard)]
+        return options + (["--muscle-groups"] if parameters.muscleGroups else [])
+
     def levelReport(self, inputVolume) -> str:
         """One line on the level found: slice, confidence, levels and warnings (from the volume node)."""
         return MSKSegLib.task_function(self.TASK, "describe_l3")(inputVolume)

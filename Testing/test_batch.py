@@ -235,3 +235,101 @@ def test_events_for_the_slicer_modules(cohort, tmp_path, capsys):
     assert {e["case"] for e in cases if e["status"] == "failed"} == {"broken", "no_images"}
     assert events[-1]["event"] == "done" and events[-1]["counts"] == {"done": N_GOOD, "failed": 2}
     assert np.all([(out / e["folder"]).is_dir() for e in cases])
+
+
+# ------------------------------------------------------------------------------ in Slicer (MRML on slicer-core)
+class _Timer:
+    """Stand-in for the ``QTimer`` that polls a background run; the test calls ``poll`` itself."""
+
+    active = False
+
+    def start(self):
+        self.active = True
+
+    def stop(self):
+        self.active = False
+
+
+def _cohort_run(cohort, out, **callbacks):
+    from types import SimpleNamespace
+
+    from MSKSegLib.background import CohortRun
+
+    bar, label = SimpleNamespace(value=0), SimpleNamespace(text="")
+    run = CohortRun("sarcopenia", cohort, out, TASK_ARGS, progress_bar=bar, status_label=label, timer=_Timer(),
+                    python=sys.executable, **callbacks)
+    return run, bar, label
+
+
+def test_a_module_runs_a_cohort_in_the_background_case_by_case(cohort, local_run, tmp_path):
+    out_local, _ = local_run
+    cases, done, failed, bars = [], [], [], []
+    run, bar, label = _cohort_run(cohort, tmp_path / "slicer", on_case=cases.append, on_done=done.append,
+                                  on_failed=lambda *a: failed.append(a))
+    run.start()
+    deadline = time.monotonic() + 180
+    while not run.finished and time.monotonic() < deadline:
+        run.poll()
+        bars.append(bar.value)
+        time.sleep(0.05)
+    assert failed == [] and done == [tmp_path / "slicer"]
+    assert [e["done"] for e in cases] == list(range(1, 9)) and max(bars) >= 85
+    assert run.worker.counts == {"done": N_GOOD, "failed": 2}
+    assert table_rows(tmp_path / "slicer") == table_rows(out_local)  # the same cohort as the command line
+
+
+def test_a_cancelled_cohort_keeps_its_finished_cases_whole(cohort, tmp_path):
+    out = tmp_path / "cancelled"
+    cases, done = [], []
+    run, _, label = _cohort_run(cohort, out, on_case=cases.append, on_done=done.append)
+    run.start()
+    deadline = time.monotonic() + 120
+    while not cases and time.monotonic() < deadline:
+        run.poll()
+        time.sleep(0.05)
+    run.cancel()
+    assert run.finished and done == [] and label.text == "Cancelled."
+    assert no_partial_files(out) == []
+    assert all(read_record(folder) is not None for folder in (out / "cases").iterdir())
+    assert len(list((out / "cases").iterdir())) < 8
+
+
+def test_a_study_folder_that_holds_the_output_is_refused(tmp_path):
+    from MSKSegLib.cohort import check_cohort_places
+
+    (tmp_path / "studies").mkdir()
+    with pytest.raises(MSKSegError, match="inside the folder of studies"):
+        check_cohort_places(tmp_path / "studies", tmp_path / "studies" / "results")
+    with pytest.raises(MSKSegError, match="No output folder"):
+        check_cohort_places(tmp_path / "studies", "")
+    with pytest.raises(MSKSegError, match="does not exist"):
+        check_cohort_places(tmp_path / "nothing", tmp_path / "out")
+    assert check_cohort_places(tmp_path / "studies", tmp_path / "out") == (tmp_path / "studies", tmp_path / "out")
+
+
+def test_any_case_loads_for_review_and_the_table_shows_each_case(local_run):
+    slicer = pytest.importorskip("slicer", reason="slicer-core (pip install slicer-core) is not installed")
+    from MSKSegLib.cohort import case_table_rows
+    from mskseg import app, mrml
+
+    out, _ = local_run
+    rows = app.cohort_rows(out)
+    shown = dict((case, (status, text)) for case, status, text in case_table_rows(rows))
+    assert shown["patient0"][0] == "done" and shown["patient0"][1].startswith("L3, SMA ")
+    assert shown["broken"][0] == "failed" and "could not be read" in shown["broken"][1]
+    scene = slicer.vtkMRMLScene()
+    volume, segmentation = app.load_cohort_case(scene, "sarcopenia", out, "patient5_dicom")
+    assert mrml.node_name(volume) == "patient5_dicom" and mrml.segment_count(segmentation) >= 3
+    labelmap = mrml.segmentation_node_to_labelmap(segmentation, volume)[0]
+    saved = app_labels(out / "cases" / "patient5_dicom")
+    assert np.array_equal(labelmap.array > 0, saved > 0)  # the result as written, on the case's CT
+    with pytest.raises(MSKSegError, match="did not finish: .*could not be read"):
+        app.load_cohort_case(scene, "sarcopenia", out, "broken")
+    with pytest.raises(MSKSegError, match="no finished result"):
+        app.load_cohort_case(scene, "sarcopenia", out, "nobody")
+
+
+def app_labels(folder: Path) -> np.ndarray:
+    from mskseg.io.segnrrd import read_seg_nrrd
+
+    return np.asarray(read_seg_nrrd(folder / "segmentation.seg.nrrd")[0].array)

@@ -112,3 +112,41 @@ def load_result(scene, volume_node, folder: str | Path, segmentation_node=None):
     name = mrml.new_segmentation_node_name(scene, f"{mrml.node_name(volume_node)} segmentation")
     return mrml.labelmap_to_segmentation_node(labelmap, labels, scene, reference_volume_node=volume_node, name=name,
                                               segmentation_node=segmentation_node if reuse else None)
+
+
+def cohort_rows(out_root: str | Path) -> list[dict[str, Any]]:
+    """The rows of a cohort's table (``OUT/cohort.json`` of ``mskseg batch``): case, status, reason, folder, the
+    metrics; empty when the folder holds no cohort table yet."""
+    import json
+
+    path = Path(out_root) / "cohort.json"
+    try:
+        return list(json.loads(path.read_text(encoding="utf-8")).get("rows", []))
+    except (OSError, ValueError):
+        return []
+
+
+def load_cohort_case(scene, task: str, out_root: str | Path, case: str) -> tuple[Any, Any]:
+    """Load one finished case of a cohort for review and correction: its input image as a volume node (named
+    after the case) and its result through the task's ``load_result``; returns ``(volume_node, result_node)``.
+
+    Raises:
+        MSKSegError: the case is not in the cohort folder, or it did not finish (with its reason).
+    """
+    from . import mrml
+    from .batch import CASES_DIR, read_record
+    from .errors import MSKSegError
+    from .io import read_image
+    from .tasks import get_task
+
+    folder = Path(out_root) / CASES_DIR / case
+    record = read_record(folder)
+    if record is None:
+        raise MSKSegError(f"case '{case}' has no finished result in {Path(out_root)}",
+                          "run the cohort (again) into this folder; a rerun finishes what is missing")
+    if record.get("status") != "done":
+        raise MSKSegError(f"case '{case}' did not finish: {record.get('reason') or record.get('status')}",
+                          "fix the study and run the cohort again: failed cases are retried")
+    image = read_image(record["input"], series_uid=record.get("series_uid") or None)
+    volume = mrml.image_to_volume_node(image, scene, name=case)
+    return volume, get_task(task).slicer_function("load_result")(scene, volume, folder)

@@ -164,7 +164,7 @@ def run_case(task_name: str, case: Case, out_root: str | Path, options: dict[str
     partial = root / f".{case.name}.partial-{os.getpid()}"
     t0 = time.perf_counter()
     record: dict[str, Any] = {"case": case.name, "input": case.path, "folder": f"{CASES_DIR}/{case.name}",
-                              "mskseg_version": __version__}
+                              "series_uid": case.series_uid or "", "mskseg_version": __version__}
     try:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)

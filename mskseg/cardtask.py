@@ -79,5 +79,5 @@ def make_task(entry: TaskEntry) -> Task:
         export=export_card_result, slicer_module=entry.slicer_module, model_task=entry.name, summarise=summarise_card,
         slicer={name: lazy_function("mskseg.app", name) for name in
                 ("run_segmentation", "measure_segmentation", "export_results", "list_model_cards", "device_report",
-                 "load_result")},
+                 "load_result", "cohort_rows", "load_cohort_case")},
     )

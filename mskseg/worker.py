@@ -299,5 +299,61 @@ class WorkerProcess:
         return events
 
 
+class BatchProcess(WorkerProcess):
+    """A cohort run (``mskseg batch TASK --events``) in a child process, followed like a single run.
+
+    Args:
+        task: task name of the registry.
+        source: folder of studies or manifest CSV (``mskseg batch --input``).
+        out_dir: the cohort's output folder (``--out``); a rerun into it resumes.
+        options: the task's command-line options (after ``--``).
+        workers: local worker processes of the batch.
+        python: the child's Python (inside Slicer: ``PythonSlicer``).
+
+    Events as they arrive: ``start`` (``total``, ``already_done``), ``case`` per finished case (``done``,
+    ``total``, ``fraction``, ``case``, ``status``, ``reason``, ``folder``), ``done`` (``table``, ``counts``).
+    :attr:`progress` follows the cases. :meth:`cancel` sends SIGTERM: the case under way is discarded whole,
+    the finished ones stay and a rerun skips them.
+    """
+
+    def __init__(self, task: str, source: str | Path, out_dir: str | Path, options: Sequence[str] = (),
+                 workers: int = 1, python: str | None = None):
+        super().__init__(task, source, out_dir, options, python=python)
+        self.workers = int(workers)
+        self.cases: list[dict[str, Any]] = []  # the "case" events
+        self.counts: dict[str, int] = {}
+
+    def command(self) -> list[str]:
+        """The child's command line."""
+        return [self.python, "-m", "mskseg", "batch", self.task, "--input", str(self.input_path), "--out",
+                str(self.out_dir), "--workers", str(self.workers), "--events", "--", *self.options]
+
+    def _record(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "start":
+            total, done = int(event.get("total", 0)), int(event.get("already_done", 0))
+            self.progress = (done / max(total, 1), f"{done} of {total} cases already done")
+        elif kind == "case":
+            self.cases.append(event)
+            self.progress = (float(event.get("fraction", 0.0)),
+                             f"{event.get('done')}/{event.get('total')} {event.get('case')}: {event.get('status')}")
+        elif kind == "done":
+            self.files = [str(event.get("table", ""))]
+            self.counts = dict(event.get("counts", {}))
+        else:
+            super()._record(event)
+
+    def _finish(self, events: list[dict[str, Any]]) -> None:
+        if self.error is None and not self.files and self.stderr_tail and not self.cancelled:
+            # `mskseg batch` refused before any case (bad option, no study): its message is on standard error
+            lines = [line.strip() for line in self.stderr_tail if line.strip()]
+            message = next((line.split("error: ", 1)[1] for line in lines if "error: " in line), "")
+            hint = next((line.split("hint: ", 1)[1] for line in lines if line.startswith("hint: ")), None)
+            if message:
+                self._record({"event": "error", "message": message, "hint": hint})
+                events.append(self.error)  # type: ignore[arg-type]
+        super()._finish(events)
+
+
 if __name__ == "__main__":
     sys.exit(run_worker())

@@ -25,7 +25,7 @@ TASK = Task(
                ("process", "find_l3", "describe_l3", "segment_body_composition", "measure_body_composition",
                 "load_result")},
             **{name: lazy_function("mskseg.app", name) for name in
-               ("export_results", "list_model_cards", "device_report")}},
+               ("export_results", "list_model_cards", "device_report", "cohort_rows", "load_cohort_case")}},
     slicer_module="SarcopeniaSeg",
     model_task="sarcopenia",
     summarise=summarise_sarcopenia,
