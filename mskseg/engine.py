@@ -448,8 +448,42 @@ def predict_volume(model: torch.nn.Module, volume: np.ndarray, *, roi_size: Sequ
         CancelledError: cancelled through ``progress`` or ``cancel_token`` (checked between batches).
     """
     import torch
-    import torch.nn.functional as F
 
+    vol, roi = _check_volume_request(volume, roi_size, overlap, blend, output)
+    dev = _as_device(device)
+    model = _prepare_model(model, dev)
+    plan = _plan_windows(vol.shape[1:], roi, overlap, sw_batch_size)
+
+    from monai.data.utils import compute_importance_map
+
+    importance = compute_importance_map(roi, mode=blend, sigma_scale=0.125, device="cpu")  # (rk, rj, ri)
+    weight_roi = importance.to(dev)
+    source = _padded_source(vol, plan.pads, pad_value)
+    slab = _Slab(plan, output)
+
+    reporter = ProgressReporter(progress, cancel_token, "3D inference")
+    reporter.report(0.0, f"3D inference: 0/{plan.total_batches} window batches on {dev}")
+    done = 0
+    with torch.inference_mode():
+        for k in plan.starts[0]:
+            slab.finish(k)  # slices before k get no further windows
+            needed = slab.reserve(k + roi[0])
+            for b in range(0, len(plan.plane_windows), sw_batch_size):
+                reporter.check()
+                chunk = plan.plane_windows[b:b + sw_batch_size]
+                batch = torch.stack([source[:, k:k + roi[0], j:j + roi[1], i:i + roi[2]] for j, i in chunk]).to(dev)
+                probs = _probabilities(forward_logits(model, batch, dev, amp)) * weight_roi  # (B, C, rk, rj, ri)
+                probs = probs.cpu()
+                slab.add(k, needed, chunk, probs, importance)
+                done += 1
+                reporter.report(done / plan.total_batches, f"3D inference: {done}/{plan.total_batches} window batches")
+        slab.finish(plan.size[0])
+    return slab.result  # type: ignore[return-value]
+
+
+def _check_volume_request(volume: np.ndarray, roi_size: Sequence[int], overlap: float, blend: str,
+                          output: str) -> tuple[np.ndarray, tuple[int, ...]]:
+    """``(volume as (C, K, J, I), roi as three ints)`` for :func:`predict_volume`, or its errors."""
     _check_output(output)
     vol = np.asarray(volume)
     if vol.ndim == 3:
@@ -463,37 +497,77 @@ def predict_volume(model: torch.nn.Module, volume: np.ndarray, *, roi_size: Sequ
         raise MSKSegError(f"overlap must be >= 0 and < 1, got {overlap}")
     if blend not in ("gaussian", "constant"):
         raise MSKSegError(f"blend '{blend}' is unknown", "use 'gaussian' or 'constant'")
-    dev = _as_device(device)
-    model = _prepare_model(model, dev)
+    return vol, roi
 
-    original = vol.shape[1:]
+
+@dataclass
+class _WindowPlan:
+    """Where :func:`predict_volume` puts its windows.
+
+    Attributes:
+        original: (K, J, I) of the volume.
+        roi: window size (rk, rj, ri).
+        pads: ``(before, after)`` padding per axis (a volume smaller than the window is padded to it).
+        size: (K, J, I) after padding.
+        starts: window start positions per axis (padded indices).
+        plane_windows: ``(j, i)`` starts of the windows of one slab.
+        total_batches: batches of windows over the whole volume.
+    """
+
+    original: tuple[int, ...]
+    roi: tuple[int, ...]
+    pads: list[tuple[int, int]]
+    size: tuple[int, ...]
+    starts: list[list[int]]
+    plane_windows: list[tuple[int, int]]
+    total_batches: int
+
+
+def _plan_windows(original: tuple[int, ...], roi: tuple[int, ...], overlap: float,
+                  sw_batch_size: int) -> _WindowPlan:
+    """Padding and window positions as MONAI's ``sliding_window_inference`` places them."""
     pads = [(max(r - s, 0) // 2, max(r - s, 0) - max(r - s, 0) // 2) for r, s in zip(roi, original)]
     size = tuple(s + a + b for s, (a, b) in zip(original, pads))
     intervals = [r if r == s else max(int(r * (1 - overlap)), 1) for r, s in zip(roi, size)]
     starts = [_window_starts(s, r, i) for s, r, i in zip(size, roi, intervals)]
     plane_windows = [(j, i) for j in starts[1] for i in starts[2]]
     total_batches = sum(math.ceil(len(plane_windows) / sw_batch_size) for _ in starts[0])
+    return _WindowPlan(original, roi, pads, size, starts, plane_windows, total_batches)
 
-    from monai.data.utils import compute_importance_map
 
-    importance = compute_importance_map(roi, mode=blend, sigma_scale=0.125, device="cpu")  # (rk, rj, ri)
-    weight_roi = importance.to(dev)
+def _padded_source(vol: np.ndarray, pads: Sequence[tuple[int, int]], pad_value: float) -> torch.Tensor:
+    """``vol`` (C, K, J, I) as a float32 tensor, padded with ``pad_value`` by ``pads``."""
+    import torch
+    import torch.nn.functional as F
 
     source = torch.from_numpy(np.ascontiguousarray(vol, dtype=np.float32))
     if any(a or b for a, b in pads):
         flat_pads = [p for pair in reversed(pads) for p in pair]
         source = F.pad(source, flat_pads, mode="constant", value=pad_value)
+    return source
 
-    result: np.ndarray | None = None
-    if output == "labels":
-        result = np.zeros(original, dtype=np.uint8)
-    slab_start = 0  # first slice (padded index) held in the accumulator
-    acc: torch.Tensor | None = None  # (C, slab, J, I) weighted sum of probabilities
-    weights = torch.zeros((0,) + size[1:])  # (slab, J, I) summed importance
 
-    def finish(upto: int) -> None:
+class _Slab:
+    """The running slab of :func:`predict_volume`: the weighted sum of window probabilities and of their
+    importance over the slices that windows still touch; finished slices go into ``result`` and are dropped."""
+
+    def __init__(self, plan: _WindowPlan, output: str):
+        import torch
+
+        self.plan, self.output = plan, output
+        self.result: np.ndarray | None = None
+        if output == "labels":
+            self.result = np.zeros(plan.original, dtype=np.uint8)
+        self.slab_start = 0  # first slice (padded index) held in the accumulator
+        self.acc: torch.Tensor | None = None  # (C, slab, J, I) weighted sum of probabilities
+        self.weights = torch.zeros((0,) + plan.size[1:])  # (slab, J, I) summed importance
+
+    def finish(self, upto: int) -> None:
         """Write slices [slab_start, upto) of the accumulator into the result and drop them."""
-        nonlocal acc, weights, slab_start, result
+        import torch
+
+        acc, weights, slab_start = self.acc, self.weights, self.slab_start
+        pads, original = self.plan.pads, self.plan.original
         if acc is None or upto <= slab_start:
             return
         n = upto - slab_start
@@ -503,42 +577,41 @@ def predict_volume(model: torch.nn.Module, volume: np.ndarray, *, roi_size: Sequ
         lo, hi = max(k0, 0), min(k1, original[0])
         if hi > lo:
             part = probs[:, lo - k0:hi - k0, j0:j0 + original[1], i0:i0 + original[2]]
-            if output == "labels":
+            if self.output == "labels":
                 labels = (part[0] > 0.5) if part.shape[0] == 1 else torch.argmax(part, dim=0)
-                result[lo:hi] = labels.to(torch.uint8).numpy()  # type: ignore[index]
+                self.result[lo:hi] = labels.to(torch.uint8).numpy()  # type: ignore[index]
             else:
-                if result is None:
-                    result = np.zeros((part.shape[0],) + tuple(original), dtype=np.float16)
-                result[:, lo:hi] = part.to(torch.float16).numpy()
-        acc, weights = acc[:, n:], weights[n:]
-        slab_start = upto
+                if self.result is None:
+                    self.result = np.zeros((part.shape[0],) + tuple(original), dtype=np.float16)
+                self.result[:, lo:hi] = part.to(torch.float16).numpy()
+        self.acc, self.weights = acc[:, n:], weights[n:]
+        self.slab_start = upto
 
-    reporter = ProgressReporter(progress, cancel_token, "3D inference")
-    reporter.report(0.0, f"3D inference: 0/{total_batches} window batches on {dev}")
-    done = 0
-    with torch.inference_mode():
-        for k in starts[0]:
-            finish(k)  # slices before k get no further windows
-            needed = k + roi[0] - slab_start
-            if acc is not None and acc.shape[1] < needed:
-                grow = needed - acc.shape[1]
-                acc = torch.cat([acc, acc.new_zeros((acc.shape[0], grow) + size[1:])], dim=1)
-                weights = torch.cat([weights, weights.new_zeros((grow,) + size[1:])], dim=0)
-            elif acc is None:
-                weights = torch.zeros((needed,) + size[1:])
-            for b in range(0, len(plane_windows), sw_batch_size):
-                reporter.check()
-                chunk = plane_windows[b:b + sw_batch_size]
-                batch = torch.stack([source[:, k:k + roi[0], j:j + roi[1], i:i + roi[2]] for j, i in chunk]).to(dev)
-                probs = _probabilities(forward_logits(model, batch, dev, amp)) * weight_roi  # (B, C, rk, rj, ri)
-                probs = probs.cpu()
-                if acc is None:
-                    acc = torch.zeros((probs.shape[1], needed) + size[1:])
-                kk = k - slab_start
-                for (j, i), window_probs in zip(chunk, probs):
-                    acc[:, kk:kk + roi[0], j:j + roi[1], i:i + roi[2]] += window_probs
-                    weights[kk:kk + roi[0], j:j + roi[1], i:i + roi[2]] += importance
-                done += 1
-                reporter.report(done / total_batches, f"3D inference: {done}/{total_batches} window batches")
-        finish(size[0])
-    return result  # type: ignore[return-value]
+    def reserve(self, upto: int) -> int:
+        """Grow the slab to reach slice ``upto`` (padded index, exclusive); returns its needed depth."""
+        import torch
+
+        size = self.plan.size
+        needed = upto - self.slab_start
+        if self.acc is not None and self.acc.shape[1] < needed:
+            grow = needed - self.acc.shape[1]
+            self.acc = torch.cat([self.acc, self.acc.new_zeros((self.acc.shape[0], grow) + size[1:])], dim=1)
+            self.weights = torch.cat([self.weights, self.weights.new_zeros((grow,) + size[1:])], dim=0)
+        elif self.acc is None:
+            self.weights = torch.zeros((needed,) + size[1:])
+        return needed
+
+    def add(self, k: int, needed: int, chunk: Sequence[tuple[int, int]], probs: torch.Tensor,
+            importance: torch.Tensor) -> None:
+        """Add a batch of weighted window probabilities ``probs`` (B, C, rk, rj, ri) at slab ``k`` and window
+        starts ``chunk``; the accumulator is created ``needed`` slices deep on the first batch."""
+        import torch
+
+        roi, size = self.plan.roi, self.plan.size
+        if self.acc is None:
+            self.acc = torch.zeros((probs.shape[1], needed) + size[1:])
+        acc, weights = self.acc, self.weights
+        kk = k - self.slab_start
+        for (j, i), window_probs in zip(chunk, probs):
+            acc[:, kk:kk + roi[0], j:j + roi[1], i:i + roi[2]] += window_probs
+            weights[kk:kk + roi[0], j:j + roi[1], i:i + roi[2]] += importance

@@ -110,8 +110,39 @@ def write_dicom_seg(
         GeometryMismatchError: the label map is not on the source grid.
         OutputExistsError: ``path`` exists and ``overwrite`` is False.
     """
-    import highdicom as hd
+    segment_type, algorithm_type = _check_write_options(labels, segment_type, algorithm_type)
+    source_files = _source_files(source)
+    voxels = check_labelmap(labelmap, labels, source)
+    source_datasets = _read_source_datasets(source_files, source)
+    path = prepare_output(path, overwrite)
 
+    # DICOM wants segment numbers 1..N: number the named label values in increasing order.
+    label_values = sorted(int(v) for v in labels)
+    frames = _segment_number_frames(voxels, label_values)
+    descriptions = _segment_descriptions(labels, label_values, algorithm_type, algorithm_name, algorithm_version)
+    if series_number is None:
+        series_number = int(source_datasets[0].get("SeriesNumber") or 0) + 1000
+    seg = _build_segmentation(
+        source_datasets, frames, descriptions,
+        segmentation_type=segment_type,
+        series_number=series_number,
+        instance_number=instance_number,
+        manufacturer=manufacturer,
+        manufacturer_model_name=manufacturer_model_name,
+        software_versions=software_versions,
+        device_serial_number=device_serial_number,
+        content_label=content_label,
+        content_description=content_description,
+    )
+    seg.SeriesDescription = series_description
+    if "ContentCreatorName" not in seg:
+        seg.ContentCreatorName = ""  # type 2: present, empty for an automatic result (dcmqi expects it)
+    _save_dataset(seg, path)
+    return path
+
+
+def _check_write_options(labels: Labels, segment_type: str, algorithm_type: str) -> tuple[str, str]:
+    """``(segment_type, algorithm_type)`` in upper case, or an error for an unknown one or empty ``labels``."""
     segment_type = str(segment_type).upper()
     if segment_type not in SEGMENT_TYPES:
         raise InvalidImageError(f"segment_type {segment_type!r} is not one of {', '.join(SEGMENT_TYPES)}")
@@ -124,20 +155,24 @@ def write_dicom_seg(
             "labels is empty: a DICOM-SEG needs at least one named segment",
             "name the label values, e.g. {1: 'skeletal_muscle'}",
         )
-    source_files = _source_files(source)
-    voxels = check_labelmap(labelmap, labels, source)
-    source_datasets = _read_source_datasets(source_files, source)
-    path = prepare_output(path, overwrite)
+    return segment_type, algorithm_type
 
-    # DICOM wants segment numbers 1..N: number the named label values in increasing order.
-    label_values = sorted(int(v) for v in labels)
+
+def _segment_number_frames(voxels: np.ndarray, label_values: list[int]) -> np.ndarray:
+    """The label map as frames ``(K, J, I)`` of segment numbers: ``label_values[n - 1]`` becomes ``n``."""
     frames = voxels if voxels.ndim == 3 else voxels[None]
     if label_values != list(range(1, len(label_values) + 1)):
         lookup = np.zeros(int(max([int(frames.max()), *label_values])) + 1, dtype=np.uint16)
         for number, value in enumerate(label_values, start=1):
             lookup[value] = number
         frames = lookup[frames]
-    frames = frames.astype(np.uint8 if len(label_values) < 256 else np.uint16, copy=False)
+    return frames.astype(np.uint8 if len(label_values) < 256 else np.uint16, copy=False)
+
+
+def _segment_descriptions(labels: Labels, label_values: list[int], algorithm_type: str, algorithm_name: str,
+                          algorithm_version: str) -> list:
+    """One highdicom SegmentDescription per label value, numbered 1..N; the algorithm unless MANUAL."""
+    import highdicom as hd
 
     algorithm = None
     if algorithm_type != "MANUAL":
@@ -146,34 +181,40 @@ def write_dicom_seg(
         algorithm = hd.AlgorithmIdentificationSequence(
             name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=algorithm_version
         )
-    descriptions = [
+    return [
         _segment_description(number, labels[value], algorithm_type, algorithm)
         for number, value in enumerate(label_values, start=1)
     ]
-    if series_number is None:
-        series_number = int(source_datasets[0].get("SeriesNumber") or 0) + 1000
+
+
+def _build_segmentation(source_datasets: list, frames: np.ndarray, descriptions: list, *, segmentation_type: str,
+                        series_number: Any, instance_number: Any, **equipment: Any):
+    """The highdicom Segmentation with new series and instance UIDs; empty frames are left out.
+
+    ``equipment``: manufacturer, manufacturer_model_name, software_versions, device_serial_number,
+    content_label and content_description, passed to highdicom as they are.
+
+    Raises:
+        InvalidImageError: highdicom refuses a value (it names the attribute).
+    """
+    import highdicom as hd
 
     with warnings.catch_warnings():
         # highdicom warns about source attribute values it copies as they are (e.g. single-component
         # PatientName); the copied values are the source's, not ours to change.
         warnings.simplefilter("ignore", UserWarning)
         try:
-            seg = hd.seg.Segmentation(
+            return hd.seg.Segmentation(
                 source_images=source_datasets,
                 pixel_array=frames,
-                segmentation_type=segment_type,
+                segmentation_type=segmentation_type,
                 segment_descriptions=descriptions,
                 series_instance_uid=hd.UID(),
                 series_number=int(series_number),
                 sop_instance_uid=hd.UID(),
                 instance_number=int(instance_number),
-                manufacturer=manufacturer,
-                manufacturer_model_name=manufacturer_model_name,
-                software_versions=software_versions,
-                device_serial_number=device_serial_number,
-                content_label=content_label,
-                content_description=content_description,
                 omit_empty_frames=True,
+                **equipment,
             )
         except (ValueError, AttributeError) as exc:
             # highdicom names the offending attribute (a value DICOM does not allow, or one the source lacks).
@@ -182,11 +223,6 @@ def write_dicom_seg(
                 "check the option values (content_label: upper case, digits, '_' and space, 16 characters at "
                 "most) and that the source series is a complete single-frame CT/MR series",
             ) from exc
-    seg.SeriesDescription = series_description
-    if "ContentCreatorName" not in seg:
-        seg.ContentCreatorName = ""  # type 2: present, empty for an automatic result (dcmqi expects it)
-    _save_dataset(seg, path)
-    return path
 
 
 def _save_dataset(dataset, path: Path) -> None:
@@ -350,27 +386,10 @@ def read_dicom_seg(path: str | Path, source: Image | None = None, *, overlap: st
         GeometryMismatchError: a frame does not lie on the source grid (other orientation, spacing or size).
         InvalidImageError: segments overlap (with ``overlap="error"``), or ``overlap`` is not a known rule.
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     if overlap not in OVERLAP_RULES:
         raise InvalidImageError(f"overlap rule {overlap!r} is not one of {', '.join(OVERLAP_RULES)}")
     path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{path} does not exist or is not a file")
-    try:
-        ds = pydicom.dcmread(path)
-    except (OSError, InvalidDicomError) as exc:
-        raise ImageReadError(f"{path} is not a DICOM file: {exc}") from exc
-    sop_class = str(ds.get("SOPClassUID", ""))
-    if sop_class not in _SEG_SOP_CLASS_UIDS and ds.get("Modality") != "SEG":
-        raise ImageReadError(
-            f"{path} is not a DICOM Segmentation (SOP class {sop_class or 'missing'}, modality "
-            f"{ds.get('Modality', 'missing')})",
-            "read images with mskseg.io.read_image; read_dicom_seg reads SEG objects only",
-        )
-    if "SegmentSequence" not in ds or not len(ds.SegmentSequence):
-        raise ImageReadError(f"{path} has no Segment Sequence: there are no segments to read")
+    ds = _open_seg(path)
 
     # LABELMAP objects may describe the background as segment 0; a label map keeps 0 for background anyway.
     segments = [item for item in ds.SegmentSequence if int(item.SegmentNumber) != 0]
@@ -398,6 +417,49 @@ def read_dicom_seg(path: str | Path, source: Image | None = None, *, overlap: st
     if segmentation_type == "FRACTIONAL":
         threshold = max(1, (int(ds.get("MaximumFractionalValue", 255)) + 1) // 2)
         frame_pixels = frame_pixels >= threshold
+    _paint_segments(out, frame_pixels, frame_segments, n_frames, slice_of_frame, segment_numbers, labels,
+                    segmentation_type, overlap, path)
+
+    array = out if grid.ndim == 3 else out[0]
+    return Image(array, grid.spacing, grid.origin, grid.direction.copy(), _seg_metadata(ds, path)), labels
+
+
+def _open_seg(path: Path):
+    """The DICOM Segmentation dataset at ``path``, with at least one item in its Segment Sequence.
+
+    Raises:
+        ImageReadError: ``path`` is missing, not DICOM, or not a Segmentation.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    if not path.is_file():
+        raise ImageReadError(f"{path} does not exist or is not a file")
+    try:
+        ds = pydicom.dcmread(path)
+    except (OSError, InvalidDicomError) as exc:
+        raise ImageReadError(f"{path} is not a DICOM file: {exc}") from exc
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class not in _SEG_SOP_CLASS_UIDS and ds.get("Modality") != "SEG":
+        raise ImageReadError(
+            f"{path} is not a DICOM Segmentation (SOP class {sop_class or 'missing'}, modality "
+            f"{ds.get('Modality', 'missing')})",
+            "read images with mskseg.io.read_image; read_dicom_seg reads SEG objects only",
+        )
+    if "SegmentSequence" not in ds or not len(ds.SegmentSequence):
+        raise ImageReadError(f"{path} has no Segment Sequence: there are no segments to read")
+    return ds
+
+
+def _paint_segments(out: np.ndarray, frame_pixels: np.ndarray, frame_segments: np.ndarray, n_frames: int,
+                    slice_of_frame: np.ndarray, segment_numbers: list[int], labels: Labels, segmentation_type: str,
+                    overlap: str, path: Path) -> None:
+    """Write every segment's frames into the label map ``out`` ``(K, J, I)`` (in place), in increasing segment
+    number, so that with ``overlap="later_wins"`` a shared voxel keeps the higher number.
+
+    Raises:
+        InvalidImageError: two segments share a voxel and ``overlap`` is ``"error"``.
+    """
     for number in sorted(segment_numbers):
         if segmentation_type == "LABELMAP":
             selected = range(n_frames)
@@ -421,7 +483,10 @@ def read_dicom_seg(path: str | Path, source: Image | None = None, *, overlap: st
                     )
             target[mask] = number
 
-    array = out if grid.ndim == 3 else out[0]
+
+def _seg_metadata(ds, path: Path) -> dict[str, Any]:
+    """The label map's metadata: where it was read from, the SEG's series, study and patient, the series it
+    references."""
     metadata: dict[str, Any] = {"source_path": str(path), "Modality": "SEG"}
     for key in ("SeriesInstanceUID", "SeriesDescription", "StudyInstanceUID", "PatientID"):
         if key in ds:
@@ -429,7 +494,7 @@ def read_dicom_seg(path: str | Path, source: Image | None = None, *, overlap: st
     referenced = [str(item.SeriesInstanceUID) for item in ds.get("ReferencedSeriesSequence", [])]
     if referenced:
         metadata["ReferencedSeriesInstanceUIDs"] = referenced
-    return Image(array, grid.spacing, grid.origin, grid.direction.copy(), metadata), labels
+    return metadata
 
 
 def _class_name(item) -> str:

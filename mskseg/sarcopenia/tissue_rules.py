@@ -338,6 +338,47 @@ def _enhanced_organs(hu: np.ndarray, walls: dict[int, np.ndarray], run_n: int, s
     return np.isin(lab, np.flatnonzero(area >= 1500.0) + 1)
 
 
+@dataclass
+class _Rays:
+    """Profiles along :data:`_N_RAYS` rays from the body's centre, one sample every ``step`` mm.
+
+    Attributes:
+        step: sample distance (mm).
+        radii: ``(R,)`` distance of each sample from the centre (mm).
+        theta: ``(N,)`` angle of each ray (radians, -pi..pi).
+        pj, pi: ``(N, R)`` row and column of each sample.
+        prof: ``(N, R)`` smoothed HU.
+        inb: ``(N, R)`` inside the inner body.
+    """
+
+    step: float
+    radii: np.ndarray
+    theta: np.ndarray
+    pj: np.ndarray
+    pi: np.ndarray
+    prof: np.ndarray
+    inb: np.ndarray
+
+
+@dataclass
+class _SpineFrame:
+    """Where the vertebra lies on the slice (rows and columns in pixels).
+
+    Attributes:
+        y_body_back: row of the posterior edge of the vertebral body.
+        y_body_mid: row 22 % of the way from the front of the vertebra to its back.
+        x_mid: column of the vertebra's middle.
+        half_width: half the vertebra's width (pixels).
+        midline: ``(1, I)`` columns within :data:`_CANAL_HALF_MM` of ``x_mid``.
+    """
+
+    y_body_back: float
+    y_body_mid: float
+    x_mid: float
+    half_width: float
+    midline: np.ndarray
+
+
 def rule_compartments(hu2d: np.ndarray, spacing: Sequence[float]) -> RuleCompartments:
     """Find body, skin, subcutaneous layer, muscle compartments and groups on one axial slice (no network).
 
@@ -365,7 +406,53 @@ def rule_compartments(hu2d: np.ndarray, spacing: Sequence[float]) -> RuleCompart
     cj, ci = ndimage.center_of_mass(body)
     soft_hu = _fat_soft_threshold(smooth, inner_body)
 
-    # rays from the centre: profiles of smoothed HU and body, step `step` mm
+    rays = _ray_profiles(smooth, body, inner_body, (cj, ci), sampling)
+    r_fascia, thick = _fascia_and_wall(hu, rays, soft_hu, inner_body, sampling)
+    yy = (np.arange(shape[0])[:, None] - cj) * sp_j
+    xx = (np.arange(shape[1])[None, :] - ci) * sp_i
+    rho = np.hypot(yy, xx)
+    ang = np.arctan2(yy, xx)
+    period = 2 * np.pi
+    rf = np.interp(ang, rays.theta, r_fascia, period=period)
+    tk = np.interp(ang, rays.theta, thick, period=period)
+    cavity = body & (rho <= rf)
+    subcutaneous = inner_body & ~cavity
+    ring = cavity & (rho >= rf - tk)
+
+    spine = _spine(smooth, cavity, (cj, ci), sampling)
+    bone_near = ndimage.distance_transform_edt(~(smooth > _BONE_HU), sampling=sampling) <= 1.0
+    compartments = ring & ~bone_near
+    groups = np.zeros(shape, np.uint8)
+    frame: _SpineFrame | None = None
+    if spine.any():
+        frame = _spine_frame(spine, sp_i)
+        spine |= _convex_fill(spine & (np.arange(shape[0])[:, None] < frame.y_body_back))  # body with open cortex
+        # the spinal canal where the arch is open on this slice (a slice through the pedicles or between
+        # laminae): the midline strip from the body to the most posterior bone behind it (lamina or spinous
+        # process) holds the canal and the dural sac, never muscle (multifidus lies beside the spinous process)
+        spine |= _convex_fill(spine & frame.midline) & frame.midline
+        _spine_muscles(smooth, cavity, ring, spine, bone_near, compartments, groups, frame, sampling)
+    else:
+        groups[compartments] = 7
+    compartments &= ~spine
+    if frame is not None:  # the spine was found (it only grows above)
+        # behind the tip of the spinous process, in the midline, lie the supraspinous ligament and
+        # subcutaneous fat, never muscle or visceral fat (the back muscles lie beside the process)
+        strip_rows = np.flatnonzero((spine & frame.midline).any(axis=1))
+        if strip_rows.size:
+            behind = frame.midline & (np.arange(shape[0])[:, None] > strip_rows[-1]) & cavity
+            cavity &= ~behind
+            compartments &= ~behind
+            subcutaneous |= behind & inner_body
+    groups[~compartments] = 0
+    return RuleCompartments(body, inner_body, subcutaneous, cavity, compartments, groups, spine)
+
+
+def _ray_profiles(smooth: np.ndarray, body: np.ndarray, inner_body: np.ndarray, centre: tuple[float, float],
+                  sampling: tuple[float, float]) -> _Rays:
+    """Smoothed HU and inner body along rays from ``centre`` to beyond the body, a sample every half pixel."""
+    cj, ci = centre
+    sp_j, sp_i = sampling
     step = 0.5 * min(sp_i, sp_j)
     jj, ii = np.nonzero(body)
     r_max = float(np.max(np.hypot((jj - cj) * sp_j, (ii - ci) * sp_i))) + 3.0
@@ -375,7 +462,13 @@ def rule_compartments(hu2d: np.ndarray, spacing: Sequence[float]) -> RuleCompart
     pi = ci + np.cos(theta)[:, None] * radii[None, :] / sp_i
     prof = ndimage.map_coordinates(smooth, [pj, pi], order=1, mode="nearest")
     inb = ndimage.map_coordinates(inner_body.astype(np.float32), [pj, pi], order=1, mode="constant") > 0.5
+    return _Rays(step, radii, theta, pj, pi, prof, inb)
 
+
+def _fascia_and_wall(hu: np.ndarray, rays: _Rays, soft_hu: float, inner_body: np.ndarray,
+                     sampling: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """``(fascia radius, muscle-wall thickness)`` per ray (mm), filtered around the circle (steps 3 and 4)."""
+    step, prof = rays.step, rays.prof
     run_n = max(1, int(round(_FASCIA_RUN_MM / step)))
     gas_n = max(1, int(round(1.0 / step)))
     gap_n = max(1, int(round(_PLANE_GAP_MM / step)))
@@ -385,7 +478,7 @@ def rule_compartments(hu2d: np.ndarray, spacing: Sequence[float]) -> RuleCompart
     walls: dict[int, np.ndarray] = {}
     starts: dict[int, tuple[int, int]] = {}
     for m in range(_N_RAYS):
-        inside = np.flatnonzero(inb[m])
+        inside = np.flatnonzero(rays.inb[m])
         if inside.size == 0:
             continue
         outer = int(inside[-1])
@@ -401,11 +494,12 @@ def rule_compartments(hu2d: np.ndarray, spacing: Sequence[float]) -> RuleCompart
         if p < 0:
             r_fascia[m] = 0.0
             continue
-        r_fascia[m] = radii[outer - p]
+        r_fascia[m] = rays.radii[outer - p]
         walls[m] = seq[p:p + max_n]
         starts[m] = (outer, p)
     organs = _enhanced_organs(hu, walls, run_n, soft_hu, inner_body, sampling)
-    organ_prof = (ndimage.map_coordinates(organs.astype(np.float32), [pj, pi], order=1, mode="constant") > 0.5
+    organ_prof = (ndimage.map_coordinates(organs.astype(np.float32), [rays.pj, rays.pi], order=1,
+                                          mode="constant") > 0.5
                   if organs.any() else np.zeros(prof.shape, bool))
     for m, wall in walls.items():
         outer, p = starts[m]
@@ -423,92 +517,72 @@ def rule_compartments(hu2d: np.ndarray, spacing: Sequence[float]) -> RuleCompart
     r_fascia = _circular_filter(r_fascia, 15, "median")
     robust = _circular_filter(thick, 31, "percentile", 35.0)
     thick = _circular_filter(np.minimum(thick, robust + 3.0), 5, "median")
+    return r_fascia, thick
 
-    yy = (np.arange(shape[0])[:, None] - cj) * sp_j
-    xx = (np.arange(shape[1])[None, :] - ci) * sp_i
-    rho = np.hypot(yy, xx)
-    ang = np.arctan2(yy, xx)
-    period = 2 * np.pi
-    rf = np.interp(ang, theta, r_fascia, period=period)
-    tk = np.interp(ang, theta, thick, period=period)
-    cavity = body & (rho <= rf)
-    subcutaneous = inner_body & ~cavity
-    ring = cavity & (rho >= rf - tk)
 
-    spine = _spine(smooth, cavity, (cj, ci), sampling)
-    bone_near = ndimage.distance_transform_edt(~(smooth > _BONE_HU), sampling=sampling) <= 1.0
-    compartments = ring & ~bone_near
-    groups = np.zeros(shape, np.uint8)
-    if spine.any():
-        srows = np.flatnonzero(spine.any(axis=1))
-        scols = np.flatnonzero(spine.any(axis=0))
-        y_front, y_back = srows[0], srows[-1]
-        y_body_back = y_front + 0.45 * (y_back - y_front)  # posterior edge of the vertebral body
-        y_body_mid = y_front + 0.22 * (y_back - y_front)
-        x_mid = 0.5 * (scols[0] + scols[-1])
-        midline = np.abs(np.arange(shape[1])[None, :] - x_mid) * sp_i <= _CANAL_HALF_MM
-        spine |= _convex_fill(spine & (np.arange(shape[0])[:, None] < y_body_back))  # body with open cortex
-        # the spinal canal where the arch is open on this slice (a slice through the pedicles or between
-        # laminae): the midline strip from the body to the most posterior bone behind it (lamina or spinous
-        # process) holds the canal and the dural sac, never muscle (multifidus lies beside the spinous process)
-        spine |= _convex_fill(spine & midline) & midline
-        candidate = cavity & ~ring & (smooth >= -29.0) & (smooth <= _ORGAN_HU) & ~bone_near & ~spine
-        candidate = _disk_open(candidate, 1.0, sampling)
-        lab, n = ndimage.label(candidate)
-        if n:
-            touch_spine = ndimage.distance_transform_edt(~spine, sampling=sampling) <= 3.0
-            idx = np.arange(1, n + 1)
-            com = np.asarray(ndimage.center_of_mass(candidate, lab, idx)).reshape(n, 2)
-            mean_hu = np.asarray(ndimage.mean(smooth, lab, idx))
-            hits_spine = np.asarray(ndimage.maximum(touch_spine, lab, idx)) > 0
-            half_w = max((scols[-1] - scols[0]) * 0.5, 10.0 / sp_i)
-            anterior = (com[:, 0] < y_body_mid) & (np.abs(com[:, 1] - x_mid) < half_w * 0.8)
-            chosen = idx[hits_spine & ~anterior & (mean_hu < 90.0)]  # not cancellous bone, not organs
-            muscles = np.isin(lab, chosen)
-            # fat holes inside a muscle (intramuscular streaks) belong to it; never the spinal canal
-            filled = ndimage.binary_fill_holes(muscles)
-            holes, nh = ndimage.label(filled & ~muscles)
-            if nh:
-                hidx = np.arange(1, nh + 1)
-                area = np.asarray(ndimage.sum(np.ones(shape), holes, hidx)) * sp_i * sp_j
-                has_bone = np.asarray(ndimage.maximum(bone_near, holes, hidx)) > 0
-                muscles |= np.isin(holes, hidx[(area < 400.0) & ~has_bone])
-            compartments |= muscles
-            # the paraspinal compartment: everything inside the fascia behind the vertebral body and within
-            # reach of the transverse processes (its fat clefts are intermuscular fat, never visceral)
-            cols = np.abs(np.arange(shape[1])[None, :] - x_mid) * sp_i
-            tp_half = (scols[-1] - scols[0]) * 0.5 * sp_i
-            rows_ = np.arange(shape[0])[:, None]
-            back_box = cavity & (rows_ > y_body_back + 5.0 / sp_j) & (cols < tp_half + 25.0)
-            back_box &= ~bone_near & ~spine
-            posterior = (compartments & (rows_ > y_body_back)) | spine
-            enclosed = ndimage.binary_fill_holes(posterior)
-            # below 80 HU: muscle and fat, not the cancellous bone of a vertebral body whose cortex is open
-            compartments |= _disk_open(back_box & enclosed & (smooth < 80.0), 0.8, sampling)
-            rows = np.arange(shape[0])[:, None]
-            psoas = np.isin(lab, idx[hits_spine & ~anterior & (com[:, 0] <= y_body_back)])
-            psoas = ndimage.binary_fill_holes(psoas) & muscles
-            groups[compartments] = 7
-            back = compartments & (rows > y_body_back) & (np.abs(np.arange(shape[1])[None, :] - x_mid) * sp_i
-                                                           < 110.0)
-            groups[back] = 6
-            groups[psoas] = 5
-        else:
-            groups[compartments] = 7
-    else:
+def _spine_frame(spine: np.ndarray, sp_i: float) -> _SpineFrame:
+    """Rows and columns of the vertebra (non-empty ``spine``) that the muscle groups are told apart by."""
+    srows = np.flatnonzero(spine.any(axis=1))
+    scols = np.flatnonzero(spine.any(axis=0))
+    y_front, y_back = srows[0], srows[-1]
+    y_body_back = y_front + 0.45 * (y_back - y_front)  # posterior edge of the vertebral body
+    y_body_mid = y_front + 0.22 * (y_back - y_front)
+    x_mid = 0.5 * (scols[0] + scols[-1])
+    midline = np.abs(np.arange(spine.shape[1])[None, :] - x_mid) * sp_i <= _CANAL_HALF_MM
+    return _SpineFrame(y_body_back, y_body_mid, x_mid, (scols[-1] - scols[0]) * 0.5, midline)
+
+
+def _spine_muscles(smooth: np.ndarray, cavity: np.ndarray, ring: np.ndarray, spine: np.ndarray,
+                   bone_near: np.ndarray, compartments: np.ndarray, groups: np.ndarray, frame: _SpineFrame,
+                   sampling: tuple[float, float]) -> None:
+    """Add psoas, quadratus lumborum and paraspinal muscles to ``compartments`` and set ``groups`` (both in
+    place; step 5): muscle-like regions inside the ring that touch the spine, and the fat behind the vertebral
+    body that the back muscles enclose. Without such regions the whole ring is abdominal wall (7)."""
+    shape = smooth.shape
+    sp_j, sp_i = sampling
+    candidate = cavity & ~ring & (smooth >= -29.0) & (smooth <= _ORGAN_HU) & ~bone_near & ~spine
+    candidate = _disk_open(candidate, 1.0, sampling)
+    lab, n = ndimage.label(candidate)
+    if not n:
         groups[compartments] = 7
-    compartments &= ~spine
-    if spine.any():
-        # behind the tip of the spinous process, in the midline, lie the supraspinous ligament and
-        # subcutaneous fat, never muscle or visceral fat (the back muscles lie beside the process)
-        strip_rows = np.flatnonzero((spine & midline).any(axis=1))
-        if strip_rows.size:
-            behind = midline & (np.arange(shape[0])[:, None] > strip_rows[-1]) & cavity
-            cavity &= ~behind
-            compartments &= ~behind
-            subcutaneous |= behind & inner_body
-    groups[~compartments] = 0
-    return RuleCompartments(body, inner_body, subcutaneous, cavity, compartments, groups, spine)
+        return
+    y_body_back, y_body_mid, x_mid = frame.y_body_back, frame.y_body_mid, frame.x_mid
+    touch_spine = ndimage.distance_transform_edt(~spine, sampling=sampling) <= 3.0
+    idx = np.arange(1, n + 1)
+    com = np.asarray(ndimage.center_of_mass(candidate, lab, idx)).reshape(n, 2)
+    mean_hu = np.asarray(ndimage.mean(smooth, lab, idx))
+    hits_spine = np.asarray(ndimage.maximum(touch_spine, lab, idx)) > 0
+    half_w = max(frame.half_width, 10.0 / sp_i)
+    anterior = (com[:, 0] < y_body_mid) & (np.abs(com[:, 1] - x_mid) < half_w * 0.8)
+    chosen = idx[hits_spine & ~anterior & (mean_hu < 90.0)]  # not cancellous bone, not organs
+    muscles = np.isin(lab, chosen)
+    # fat holes inside a muscle (intramuscular streaks) belong to it; never the spinal canal
+    filled = ndimage.binary_fill_holes(muscles)
+    holes, nh = ndimage.label(filled & ~muscles)
+    if nh:
+        hidx = np.arange(1, nh + 1)
+        area = np.asarray(ndimage.sum(np.ones(shape), holes, hidx)) * sp_i * sp_j
+        has_bone = np.asarray(ndimage.maximum(bone_near, holes, hidx)) > 0
+        muscles |= np.isin(holes, hidx[(area < 400.0) & ~has_bone])
+    compartments |= muscles
+    # the paraspinal compartment: everything inside the fascia behind the vertebral body and within
+    # reach of the transverse processes (its fat clefts are intermuscular fat, never visceral)
+    cols = np.abs(np.arange(shape[1])[None, :] - x_mid) * sp_i
+    tp_half = frame.half_width * sp_i
+    rows_ = np.arange(shape[0])[:, None]
+    back_box = cavity & (rows_ > y_body_back + 5.0 / sp_j) & (cols < tp_half + 25.0)
+    back_box &= ~bone_near & ~spine
+    posterior = (compartments & (rows_ > y_body_back)) | spine
+    enclosed = ndimage.binary_fill_holes(posterior)
+    # below 80 HU: muscle and fat, not the cancellous bone of a vertebral body whose cortex is open
+    compartments |= _disk_open(back_box & enclosed & (smooth < 80.0), 0.8, sampling)
+    rows = np.arange(shape[0])[:, None]
+    psoas = np.isin(lab, idx[hits_spine & ~anterior & (com[:, 0] <= y_body_back)])
+    psoas = ndimage.binary_fill_holes(psoas) & muscles
+    groups[compartments] = 7
+    back = compartments & (rows > y_body_back) & (np.abs(np.arange(shape[1])[None, :] - x_mid) * sp_i < 110.0)
+    groups[back] = 6
+    groups[psoas] = 5
 
 
 def _in(hu: np.ndarray, window: Sequence[float]) -> np.ndarray:

@@ -64,7 +64,7 @@ from ..errors import InvalidImageError, MSKSegError
 from ..image import Image
 from .drr_imaging import attenuation_terms, collimation_field, effective_energy_kev, form_image, slab_group_integrals
 from .drr_implants import hip_prosthesis, pedicle_screws, rasterize
-from .drr_projection import Detector, Projector, view_axes, working_volume
+from .drr_projection import Detector, Projector, WorkingVolume, view_axes, working_volume
 
 
 __all__ = ["COLLIMATIONS", "GEOMETRIES", "IMPLANT_KINDS", "VIEWS", "DRRParams", "DRRSample", "attenuation_terms",
@@ -401,21 +401,7 @@ def render_drr(
             inside the volume.
     """
     started = time.perf_counter()
-    if hu.ndim != 3:
-        raise InvalidImageError(f"a radiograph is rendered from a 3D volume; got a {hu.ndim}D image",
-                                "pass the CT volume (K, J, I), not a slice")
-    if view not in VIEWS:
-        raise MSKSegError(f"unknown radiograph view {view!r}", f"use one of {VIEWS}")
-    if geometry not in GEOMETRIES:
-        raise MSKSegError(f"unknown projection geometry {geometry!r}", f"use one of {GEOMETRIES}")
-    if lateral_anterior not in ("left", "right"):
-        raise MSKSegError(f"lateral_anterior={lateral_anterior!r}; the patient faces the image 'left' or 'right'")
-    if not pixel_mm > 0:
-        raise MSKSegError(f"pixel size {pixel_mm} mm must be > 0")
-    if labels is not None:
-        if labels.ndim != 3:
-            raise InvalidImageError(f"the label map is {labels.ndim}D; it must be a 3D map on the volume's grid")
-        hu.check_same_grid(labels, "label map")
+    _check_render_request(hu, labels, view, geometry, lateral_anterior, pixel_mm)
     if rng is None:
         rng = np.random.default_rng(0)
         params = params or DRRParams()
@@ -437,19 +423,80 @@ def render_drr(
     named = _present_labels(vol.labels, label_names) if vol.labels is not None else {}
     wanted = None if mask_names is None else set(mask_names)
     present = {v: nb for v, nb in named.items() if wanted is None or nb[0] in wanted}
-    bodies_twu: dict[str, np.ndarray] = {}
-    for value, (name, box) in named.items():
-        if is_vertebra_name(name):
-            crop = vol.labels[box] == value
-            idx = _body_centroid(crop, vol.step) + np.array([s.start for s in box])
-            bodies_twu[name] = idx
+    bodies_twu = _vertebral_bodies(vol, named)
 
     # Attenuation line integrals, slab group by slab group (the volume is never converted whole).
     mu_water, bone_weight = attenuation_terms(params.kvp)
     acc = proj.empty()
     for a, b, m in slab_group_integrals(vol.hu, proj.group, mu_water * vol.step[0], bone_weight):
         proj.add(acc, m, vol.start[0] + vol.step[0] * (a + b - 1) / 2.0, 0, 0)
+    implant_notes = _add_implants(acc, proj, vol, params, named, bodies_twu, rng, mu_water, bone_weight)
 
+    oblique = proj.obliquity()
+    if oblique is not None:
+        acc *= oblique
+    det = _detector(proj, iso, pixel_mm, detector_mm)
+    line_integral = det.full(proj, acc)
+
+    field_mask = collimation_field((det.rows, det.cols), params, rng, pixel_mm)
+    display, info = form_image(line_integral, params, rng, pixel_mm, field_mask)
+    masks = _project_masks(present, vol, proj, det, oblique, field_mask, mask_min_mm)
+    centres, outside = _project_centres(bodies_twu, wanted, vol, proj, det, field_mask)
+
+    image, meta = _describe_render(display, view, lateral_anterior, geometry, pixel_mm, params, axes, iso, sod, det,
+                                   mu_water, bone_weight)
+    meta.update({
+        "field_mask": field_mask,
+        "implants": implant_notes,
+        "mask_rule": f"pixel in mask when the ray crosses >= {mask_min_mm} mm of the label; cut to the field",
+        "centre_rule": "projected centroid of the vertebral body (whole-vertebra mask opened with a ball of "
+                       "radius 0.22 * volume^(1/3), largest part)",
+        "centres_outside_field": outside,
+        "body_centroids_lps": {n: vol.to_lps(i).tolist() for n, i in bodies_twu.items()},
+        "line_integral": line_integral.astype(np.float32),
+        **info,
+    })
+    meta["render_seconds"] = time.perf_counter() - started
+    return DRRSample(image=image, masks=masks, centres=centres, meta=meta)
+
+
+def _check_render_request(hu: Image, labels: Image | None, view: str, geometry: str, lateral_anterior: str,
+                          pixel_mm: float) -> None:
+    """Refuse what :func:`render_drr` cannot render: not 3D, unknown view/geometry/side, bad pixel size or label
+    map."""
+    if hu.ndim != 3:
+        raise InvalidImageError(f"a radiograph is rendered from a 3D volume; got a {hu.ndim}D image",
+                                "pass the CT volume (K, J, I), not a slice")
+    if view not in VIEWS:
+        raise MSKSegError(f"unknown radiograph view {view!r}", f"use one of {VIEWS}")
+    if geometry not in GEOMETRIES:
+        raise MSKSegError(f"unknown projection geometry {geometry!r}", f"use one of {GEOMETRIES}")
+    if lateral_anterior not in ("left", "right"):
+        raise MSKSegError(f"lateral_anterior={lateral_anterior!r}; the patient faces the image 'left' or 'right'")
+    if not pixel_mm > 0:
+        raise MSKSegError(f"pixel size {pixel_mm} mm must be > 0")
+    if labels is not None:
+        if labels.ndim != 3:
+            raise InvalidImageError(f"the label map is {labels.ndim}D; it must be a 3D map on the volume's grid")
+        hu.check_same_grid(labels, "label map")
+
+
+def _vertebral_bodies(vol: WorkingVolume, named: dict[int, tuple[str, tuple[slice, ...]]]) -> dict[str, np.ndarray]:
+    """Vertebra name -> centroid of its vertebral body (working-volume index ``(t, w, u)``)."""
+    bodies_twu: dict[str, np.ndarray] = {}
+    for value, (name, box) in named.items():
+        if is_vertebra_name(name):
+            crop = vol.labels[box] == value
+            idx = _body_centroid(crop, vol.step) + np.array([s.start for s in box])
+            bodies_twu[name] = idx
+    return bodies_twu
+
+
+def _add_implants(acc: np.ndarray, proj: Projector, vol: WorkingVolume, params: DRRParams,
+                  named: dict[int, tuple[str, tuple[slice, ...]]], bodies_twu: dict[str, np.ndarray],
+                  rng: np.random.Generator, mu_water: float, bone_weight: float) -> list[dict[str, Any]]:
+    """Add the attenuation of ``params.implants`` (placed by the vertebra or femur labels) to ``acc``, in
+    place of the tissue they displace; return a note per implant (placed, or skipped and why)."""
     implant_notes = []
     for kind in params.implants:
         made = None
@@ -477,12 +524,13 @@ def render_drr(
         tissue_ratio = 1.0 + tissue / 1000.0 + (bone_weight - 1.0) * np.maximum(tissue, 0.0) / 1000.0
         proj.project_block(acc, mu_water * occ * (ratio - tissue_ratio), t0, w0, u0)
         implant_notes.append(note)
+    return implant_notes
 
-    oblique = proj.obliquity()
-    if oblique is not None:
-        acc *= oblique
 
-    # Detector grid on the isocentre plane.
+def _detector(proj: Projector, iso: np.ndarray, pixel_mm: float,
+              detector_mm: tuple[float, float] | None) -> Detector:
+    """The detector grid on the isocentre plane: the whole projected volume, or ``detector_mm`` centred on
+    the isocentre."""
     if detector_mm is None:
         w_top = proj.W0 + (proj.NW - 1) * proj.dw
         u_left = proj.U0
@@ -493,12 +541,13 @@ def render_drr(
         rows, cols = max(1, int(round(height / pixel_mm))), max(1, int(round(width / pixel_mm)))
         w_top = iso[1] + (rows - 1) * pixel_mm / 2.0
         u_left = iso[2] - (cols - 1) * pixel_mm / 2.0
-    det = Detector(w_top, u_left, rows, cols, pixel_mm)
-    line_integral = det.full(proj, acc)
+    return Detector(w_top, u_left, rows, cols, pixel_mm)
 
-    field_mask = collimation_field((rows, cols), params, rng, pixel_mm)
-    display, info = form_image(line_integral, params, rng, pixel_mm, field_mask)
 
+def _project_masks(present: dict[int, tuple[str, tuple[slice, ...]]], vol: WorkingVolume, proj: Projector,
+                   det: Detector, oblique: np.ndarray | None, field_mask: np.ndarray,
+                   mask_min_mm: float) -> dict[str, np.ndarray]:
+    """Label name -> detector pixels whose ray crosses at least ``mask_min_mm`` of the label, cut to the field."""
     masks: dict[str, np.ndarray] = {}
     for value, (name, box) in present.items():
         crop = (vol.labels[box] == value).astype(np.float32)
@@ -506,14 +555,21 @@ def render_drr(
         proj.project_block(thick, crop, box[0].start, box[1].start, box[2].start)
         if oblique is not None:
             thick *= oblique
-        mask = np.zeros((rows, cols), bool)
+        mask = np.zeros((det.rows, det.cols), bool)
         nz = np.nonzero(thick)
         if len(nz[0]):
             iw0, iw1, iu0, iu1 = nz[0].min(), nz[0].max() + 1, nz[1].min(), nz[1].max() + 1
             vals, r0, c0 = det.resample(proj, thick[iw0:iw1, iu0:iu1], iw0, iu0)
             mask[r0:r0 + vals.shape[0], c0:c0 + vals.shape[1]] = vals >= mask_min_mm
         masks[name] = mask & field_mask
+    return masks
 
+
+def _project_centres(bodies_twu: dict[str, np.ndarray], wanted: set[str] | None, vol: WorkingVolume,
+                     proj: Projector, det: Detector,
+                     field_mask: np.ndarray) -> tuple[dict[str, tuple[float, float]], list[str]]:
+    """``(vertebra name -> projected body centre (x, y) in the field, names whose centre falls outside it)``,
+    craniocaudally."""
     centres: dict[str, tuple[float, float]] = {}
     outside: list[str] = []
     for name in sorted(bodies_twu, key=vertebra_rank):
@@ -522,11 +578,19 @@ def render_drr(
         twu = vol.start + vol.step * bodies_twu[name]
         x, y = det.plane_to_pixel(proj.point_to_plane(twu))[0]
         r, c = int(round(y)), int(round(x))
-        if 0 <= r < rows and 0 <= c < cols and field_mask[r, c]:
+        if 0 <= r < det.rows and 0 <= c < det.cols and field_mask[r, c]:
             centres[name] = (float(x), float(y))
         else:
             outside.append(name)
+    return centres, outside
 
+
+def _describe_render(display: np.ndarray, view: str, lateral_anterior: str, geometry: str, pixel_mm: float,
+                     params: DRRParams, axes: np.ndarray, iso: np.ndarray, sod: float, det: Detector,
+                     mu_water: float, bone_weight: float) -> tuple[Image, dict[str, Any]]:
+    """The radiograph as an :class:`Image` with DICOM-like metadata, and the render's geometry metadata
+    (view, parameters, energies, distances, ``pixel_to_lps``, ``projection``)."""
+    w_top, u_left = det.w_top, det.u_left
     magnification = 1.0 if geometry == "parallel" else params.sdd_mm / sod
     iso_lps = iso @ axes
     e_t, e_w, e_u = axes
@@ -569,15 +633,5 @@ def render_drr(
         "projection": {"axes": axes.tolist(), "isocentre_twu": iso.tolist(), "pixel_mm": pixel_mm,
                        "w_top": w_top, "u_left": u_left, "sod_mm": sod,
                        "source_t": None if geometry == "parallel" else float(iso[0] - sod)},
-        "field_mask": field_mask,
-        "implants": implant_notes,
-        "mask_rule": f"pixel in mask when the ray crosses >= {mask_min_mm} mm of the label; cut to the field",
-        "centre_rule": "projected centroid of the vertebral body (whole-vertebra mask opened with a ball of "
-                       "radius 0.22 * volume^(1/3), largest part)",
-        "centres_outside_field": outside,
-        "body_centroids_lps": {n: vol.to_lps(i).tolist() for n, i in bodies_twu.items()},
-        "line_integral": line_integral.astype(np.float32),
-        **info,
     }
-    meta["render_seconds"] = time.perf_counter() - started
-    return DRRSample(image=image, masks=masks, centres=centres, meta=meta)
+    return image, meta

@@ -34,20 +34,10 @@ def build_tissue_map(lab: np.ndarray, names: dict[int, str], spacing, habitus: H
                 hu: dict[str, float], rng: np.random.Generator,
                 ) -> tuple[np.ndarray, dict[int, str], dict[str, float]]:
     """Classes -> tissue keys on the output grid; returns (tissue map uint8, value -> key, extended HU)."""
-    sx, sy, sz = spacing
-    keys: list[str] = ["air"]
-    key_id: dict[str, int] = {"air": 0}
-    tmap = np.zeros(lab.shape, np.uint8)
+    # The helpers draw from ``rng`` in the order they are called here, and number the tissue keys in the order
+    # they first use them: keep that order.
+    tk = _TissueKeys(lab.shape)
     hu = dict(hu)
-
-    def tid(key: str) -> int:
-        if key not in key_id:
-            key_id[key] = len(keys)
-            keys.append(key)
-        return key_id[key]
-
-    def put(mask: np.ndarray, key: str) -> None:
-        tmap[mask] = tid(key)
 
     present = [int(v) for v in np.unique(lab) if v != 0]
     by_kind: dict[str, list[int]] = {}
@@ -55,7 +45,47 @@ def build_tissue_map(lab: np.ndarray, names: dict[int, str], spacing, habitus: H
         kind = "bone" if v == ARM_BONE else (tissue_kind(names[v]) if v in names else "unknown")
         by_kind.setdefault(kind, []).append(v)
 
-    infil = habitus.fatty_infiltration_hu
+    _class_tissues(tk, lab, names, present)
+    _tissue_hu(tk, hu, habitus.fatty_infiltration_hu, params, rng)
+    _imat_streaks(tk, lab, names, present, by_kind, habitus, spacing, rng)
+    _liver_vessels_and_fat_strands(tk, lab, names, present, hu, params, spacing, rng)
+    _bone_shell(tk, lab, by_kind.get("bone", []), hu, spacing, rng)
+    _kidney_parts(tk, lab, by_kind.get("kidney", []), spacing, rng)
+    hu["fat:sinus"] = hu["fat"] + 15.0
+    _bowel_contents(tk, lab, names, by_kind.get("bowel", []), params, spacing, rng)
+    _heart_parts(tk, lab, by_kind.get("heart", []), hu, params, spacing)
+    for key in tk.keys:
+        if key not in hu:
+            base = key.split(":")[0]
+            hu[key] = hu[base]
+    return tk.tmap, {i: k for i, k in enumerate(tk.keys)}, hu
+
+
+class _TissueKeys:
+    """The tissue map being built: value ``i`` of ``tmap`` is tissue key ``keys[i]`` (0 is air); keys are
+    numbered in the order they are first used."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.keys: list[str] = ["air"]
+        self.key_id: dict[str, int] = {"air": 0}
+        self.tmap = np.zeros(shape, np.uint8)
+
+    def tid(self, key: str) -> int:
+        """The value of tissue ``key`` (numbered now when new)."""
+        if key not in self.key_id:
+            self.key_id[key] = len(self.keys)
+            self.keys.append(key)
+        return self.key_id[key]
+
+    def put(self, mask: np.ndarray, key: str) -> None:
+        """Set ``mask`` to tissue ``key``."""
+        self.tmap[mask] = self.tid(key)
+
+
+def _class_tissues(tk: _TissueKeys, lab: np.ndarray, names: dict[int, str], present: list[int]) -> None:
+    """The tissue of every class that is one tissue as a whole (added body classes, muscles, organs, lung,
+    cartilage, cysts, vessels); bones, kidneys, bowel and heart get their parts later."""
+    put = tk.put
     for v in present:
         n = names.get(v, "")
         kind = tissue_kind(n) if v in names else ("internal" if v in INTERNAL_LABELS else "unknown")
@@ -82,8 +112,14 @@ def build_tissue_map(lab: np.ndarray, names: dict[int, str], spacing, habitus: H
         elif kind == "unknown":
             put(m, "muscle:organ")
         # bone, kidney, bowel, heart: below, on their whole class
+
+
+def _tissue_hu(tk: _TissueKeys, hu: dict[str, float], infil: float, params: ScanParams,
+               rng: np.random.Generator) -> None:
+    """Add to ``hu`` the HU of the muscle groups used so far (fatty infiltration ``infil``) and of the fat,
+    CSF, vein and gland variants."""
     # muscles: fatty infiltration and HU per muscle group
-    for key in list(key_id):
+    for key in list(tk.key_id):
         if key.startswith("muscle:"):
             hu[key] = hu["muscle"] - infil + float(rng.normal(0, 3.0))
     hu["muscle:organ"] = hu["muscle"] + 5.0
@@ -97,6 +133,12 @@ def build_tissue_map(lab: np.ndarray, names: dict[int, str], spacing, habitus: H
     hu["venous_blood:portal"] = hu["venous_blood"] + (float(rng.uniform(0, 30)) if params.phase != "native" else 0)
     hu["spleen:thyroid"] = hu["spleen"] + 30.0
     hu["pancreas:adrenal"] = hu["pancreas"]
+
+
+def _imat_streaks(tk: _TissueKeys, lab: np.ndarray, names: dict[int, str], present: list[int],
+                  by_kind: dict[str, list[int]], habitus: Habitus, spacing, rng: np.random.Generator) -> None:
+    """Intermuscular fat streaks inside the muscles (myosteatosis): ``habitus.imat_fraction`` of them."""
+    put = tk.put
     # intermuscular fat streaks inside muscles (myosteatosis)
     mus_ids = by_kind.get("muscle", []) + [v for v in present if names.get(v) == "abdominal_wall"]
     if mus_ids and habitus.imat_fraction > 0:
@@ -107,6 +149,14 @@ def build_tissue_map(lab: np.ndarray, names: dict[int, str], spacing, habitus: H
         streak = np.zeros(lab.shape, bool)
         streak[box] = (field_ > thr) & mus[box]
         put(streak, "fat:imat")
+
+
+def _liver_vessels_and_fat_strands(tk: _TissueKeys, lab: np.ndarray, names: dict[int, str], present: list[int],
+                                   hu: dict[str, float], params: ScanParams, spacing,
+                                   rng: np.random.Generator) -> None:
+    """Portal and hepatic vein branches in the liver; small vessels and septa in visceral and subcutaneous
+    fat."""
+    put = tk.put
     # liver: portal and hepatic vein branches (curvy tubes where two smooth random fields are both near zero)
     liver_ids = [v for v in present if names.get(v) == "liver"]
     if liver_ids:
@@ -120,8 +170,13 @@ def build_tissue_map(lab: np.ndarray, names: dict[int, str], spacing, habitus: H
         strand = _tubes(np.isin(lab, fat_vals), rng, spacing, (3.0, 3.0, 5.0), (0.05, 0.11), second_width_factor=4.0)
         put(strand, "fascia:strand")
         hu["fascia:strand"] = hu["fat"] + float(rng.uniform(60, 120))
+
+
+def _bone_shell(tk: _TissueKeys, lab: np.ndarray, bone_ids: list[int], hu: dict[str, float], spacing,
+                rng: np.random.Generator) -> None:
+    """Bones: a cortical shell (its HU for the partial volume of a thin cortex) around cancellous bone."""
+    put = tk.put
     # bones: cortical shell + cancellous interior
-    bone_ids = by_kind.get("bone", [])
     if bone_ids:
         bone = np.isin(lab, bone_ids)
         box = bbox(bone, pad=(1, 1, 1))
@@ -136,8 +191,15 @@ def build_tissue_map(lab: np.ndarray, names: dict[int, str], spacing, habitus: H
         t_cort = float(rng.uniform(0.35, 0.9))
         pv = float(np.clip(t_cort / (n_it * float(np.mean(spacing[:2]))), 0.15, 0.9))
         hu["cortical_bone:shell"] = hu["cancellous_bone"] + pv * (hu["cortical_bone"] - hu["cancellous_bone"])
+
+
+def _kidney_parts(tk: _TissueKeys, lab: np.ndarray, kidney_ids: list[int], spacing,
+                  rng: np.random.Generator) -> None:
+    """Kidneys: cortex, medulla, and sinus fat and urine in the deep part."""
+    sx, sy, sz = spacing
+    tid, tmap = tk.tid, tk.tmap
     # kidneys: cortex, medulla, pelvis (urine); the hilum fat is the unlabelled notch (visceral fat)
-    for v in by_kind.get("kidney", []):
+    for v in kidney_ids:
         m = lab == v
         box = bbox(m, pad=(1, 1, 1))
         d = ndimage.distance_transform_edt(m[box], sampling=(sz, sy, sx))
@@ -152,9 +214,15 @@ def build_tissue_map(lab: np.ndarray, names: dict[int, str], spacing, habitus: H
             sinus_noise = _anisotropic_noise(deep.shape, rng, spacing, (4.0, 4.0, 4.0))
             sub_t[deep & (sinus_noise > 0.3)] = tid("fat:sinus")
             sub_t[deep & (sinus_noise <= 0.3) & (sinus_noise > -0.2)] = tid("urine")
-    hu["fat:sinus"] = hu["fat"] + 15.0
+
+
+def _bowel_contents(tk: _TissueKeys, lab: np.ndarray, names: dict[int, str], bowel_ids: list[int],
+                    params: ScanParams, spacing, rng: np.random.Generator) -> None:
+    """Bowel: the wall, and gas, fluid or oral contrast (small bowel) or feces (colon) in the lumen; gas
+    rises anteriorly."""
+    sx, sy, sz = spacing
+    tid, tmap = tk.tid, tk.tmap
     # bowel: wall + content
-    bowel_ids = by_kind.get("bowel", [])
     if bowel_ids:
         bow = np.isin(lab, bowel_ids)
         box = bbox(bow, pad=(1, 2, 2))
@@ -183,8 +251,15 @@ def build_tissue_map(lab: np.ndarray, names: dict[int, str], spacing, habitus: H
             else:
                 sub_t[lm] = tid("oral_contrast" if oral else "bowel_fluid")
                 sub_t[lm & (gas_score > 1.0)] = tid("bowel_gas")
+
+
+def _heart_parts(tk: _TissueKeys, lab: np.ndarray, heart_ids: list[int], hu: dict[str, float], params: ScanParams,
+                 spacing) -> None:
+    """Heart: a myocardium shell around blood."""
+    sx, sy, sz = spacing
+    tid, tmap = tk.tid, tk.tmap
     # heart: myocardium shell around blood
-    for v in by_kind.get("heart", []):
+    for v in heart_ids:
         m = lab == v
         box = bbox(m, pad=(1, 1, 1))
         d = ndimage.distance_transform_edt(m[box], sampling=(sz, sy, sx))
@@ -192,11 +267,6 @@ def build_tissue_map(lab: np.ndarray, names: dict[int, str], spacing, habitus: H
         sub_t[m[box] & (d <= 9.0)] = tid("muscle:myocardium")
         sub_t[m[box] & (d > 9.0)] = tid("blood")
         hu["muscle:myocardium"] = hu["muscle"] + (40.0 if params.phase != "native" else 0.0)
-    for key in keys:
-        if key not in hu:
-            base = key.split(":")[0]
-            hu[key] = hu[base]
-    return tmap, {i: k for i, k in enumerate(keys)}, hu
 
 
 def _tubes(mask: np.ndarray, rng: np.random.Generator, spacing, scale_mm: tuple[float, float, float],

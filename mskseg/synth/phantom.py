@@ -31,6 +31,8 @@ from ..sarcopenia.labels import MUSCLE_GROUPS
 from ..sarcopenia.settings import BodyCompSettings
 from ..sarcopenia.labels import TISSUE_LABELS as BODYCOMP_TISSUE_LABELS
 from .artifacts import simulate_scan
+from .phantom_shapes import Blob as _Blob, Canvas as _Canvas, paint as _paint, periodic_profile
+from .phantom_shapes import smoothstep as _smoothstep
 
 #: Version of the phantom generator, written into the model cards of networks trained on it. 2: large liver
 #: and spleen against the wall in a share of phantoms.
@@ -168,87 +170,54 @@ def sample_habitus(rng: np.random.Generator, organs: bool = True, **overrides: A
     return h
 
 
-# --------------------------------------------------------------------------------------------- canvas
-class _Canvas:
-    """Pixel grid with patient-frame coordinates (mm) and bounding-box helpers."""
-
-    def __init__(self, size: int, spacing: float, rotation_deg: float, shift: tuple[float, float]):
-        self.n, self.sp = size, spacing
-        self.c, self.s = float(np.cos(np.deg2rad(rotation_deg))), float(np.sin(np.deg2rad(rotation_deg)))
-        self.tx, self.ty = shift
-        ax = ((np.arange(size, dtype=np.float32) - (size - 1) / 2.0) * spacing)
-        self.xi, self.yj = ax[None, :], ax[:, None]  # image mm (unrotated), for the table
-        dx, dy = self.xi - self.tx, self.yj - self.ty
-        self.X = (self.c * dx + self.s * dy).astype(np.float32)
-        self.Y = (-self.s * dx + self.c * dy).astype(np.float32)
-
-    def box(self, cx: float, cy: float, radius: float) -> tuple[slice, slice]:
-        """Index slices of the square around patient point (cx, cy) with ``radius`` mm."""
-        xi = self.c * cx - self.s * cy + self.tx
-        yj = self.s * cx + self.c * cy + self.ty
-        ci, cj = xi / self.sp + (self.n - 1) / 2.0, yj / self.sp + (self.n - 1) / 2.0
-        rp = radius / self.sp + 2
-        i0, i1 = int(max(ci - rp, 0)), int(min(ci + rp + 1, self.n))
-        j0, j1 = int(max(cj - rp, 0)), int(min(cj + rp + 1, self.n))
-        return slice(j0, max(j0, j1)), slice(i0, max(i0, i1))
-
-
-class _Blob:
-    """A Fourier-perturbed ellipse: ``rho <= 1`` inside; ``rho <= q`` is the same shape scaled by q."""
-
-    def __init__(self, cv: _Canvas, rng: np.random.Generator, cx: float, cy: float, a: float, b: float,
-                 angle_deg: float = 0.0, rough: float = 0.06, order: int = 5):
-        self.sl = cv.box(cx, cy, max(a, b) * (1 + 3 * rough) + 1)
-        X, Y = cv.X[self.sl] - cx, cv.Y[self.sl] - cy
-        t = np.deg2rad(angle_deg)
-        u = (np.float32(np.cos(t) / a) * X + np.float32(np.sin(t) / a) * Y)
-        v = (np.float32(-np.sin(t) / b) * X + np.float32(np.cos(t) / b) * Y)
-        rho0 = np.sqrt(u * u + v * v)
-        inv = 1.0 / np.maximum(rho0, np.float32(1e-6))
-        c1, s1 = u * inv, v * inv  # cos and sin of the polar angle, harmonics by recurrence (no trig)
-        ck, sk = c1, s1
-        radius = np.ones_like(rho0)
-        for k in range(2, order + 1):
-            ck, sk = ck * c1 - sk * s1, sk * c1 + ck * s1
-            ca, cb = rng.normal(0, rough / k, 2)
-            radius += np.float32(ca) * ck + np.float32(cb) * sk
-        self.rho = rho0 / np.maximum(radius, np.float32(0.3))
-        self.a, self.b, self.cx, self.cy = a, b, cx, cy
-
-    def mask(self, q: float = 1.0) -> np.ndarray:
-        return self.rho <= q
-
-    def inner(self, thickness_mm: float) -> np.ndarray:
-        """Mask of the shape shrunk by about ``thickness_mm``."""
-        return self.rho <= max(1.0 - thickness_mm / min(self.a, self.b), 0.0)
-
-
-def _paint(anat: np.ndarray, sl: tuple[slice, slice], mask: np.ndarray, value: int,
-           allowed: list[int] | None = None, blocked: list[int] | None = None) -> None:
-    """Write ``value`` into ``anat[sl]`` where ``mask``, optionally only over ``allowed`` / not ``blocked``."""
-    view = anat[sl]
-    if allowed is not None:
-        mask = mask & np.isin(view, allowed)
-    if blocked is not None:
-        mask = mask & ~np.isin(view, blocked)
-    view[mask] = value
-
-
-def periodic_profile(rng: np.random.Generator, n: int, amp: float, order: int = 6) -> np.ndarray:
-    """Smooth periodic random profile ``1 + sum_k c_k cos(k t + p_k)`` on ``n`` angles."""
-    t = np.linspace(-np.pi, np.pi, n, endpoint=False)
-    out = np.ones(n)
-    for k in range(1, order + 1):
-        out += rng.normal(0, amp / k) * np.cos(k * t + rng.uniform(0, 2 * np.pi))
-    return out
-
-
-def _smoothstep(x: np.ndarray) -> np.ndarray:
-    x = np.clip(x, 0.0, 1.0)
-    return x * x * (3 - 2 * x)
-
-
 # --------------------------------------------------------------------------------------------- phantom
+@dataclass
+class _Proportions:
+    """The drawn proportions of one phantom's body (see :func:`make_l3_phantom`'s ``meta``)."""
+
+    sat_index: float
+    vat_index: float
+    frame: float
+    muscle: float
+    infiltration: float
+    imat_amount: float
+
+
+@dataclass
+class _Outline:
+    """The drawn outline of one phantom (mm, patient frame, y posterior): fascia and body radius per angle
+    ``theta``, the vertebra's place and the back's extent."""
+
+    a_f: float
+    b_ant: float
+    vb_a: float
+    vb_b: float
+    y_vb: float
+    canal_y: float
+    y_tp: float
+    tp_len: float
+    para_depth: float
+    para_half: float
+    theta: np.ndarray
+    r_f: np.ndarray
+    r_b: np.ndarray
+    skin_t: float
+    skin_rad: np.ndarray
+    y_flat: float
+
+
+@dataclass
+class _Polar:
+    """Per-pixel patient coordinates of the canvas: ``X``, ``Y``, radius ``r`` and the fascia radius ``R_f``
+    at each pixel's angle; ``inside`` is inside the fascia."""
+
+    X: np.ndarray
+    Y: np.ndarray
+    r: np.ndarray
+    R_f: np.ndarray
+    inside: np.ndarray
+
+
 def make_l3_phantom(rng: np.random.Generator, *, size: int = 512, spacing_mm: float | None = None,
                     habitus: dict[str, Any] | None = None, params: ScanParams | None = None) -> PhantomSample:
     """Draw one axial L3 CT phantom with tissue, muscle-group and anatomy labels.
@@ -263,7 +232,54 @@ def make_l3_phantom(rng: np.random.Generator, *, size: int = 512, spacing_mm: fl
     Returns:
         :class:`PhantomSample` with an int16 HU image ``(size, size)`` and uint8 label maps of that shape.
     """
+    # The helpers draw from ``rng`` in the order they are called here: keep that order.
     h = sample_habitus(rng, **(habitus or {}))
+    pr = _draw_proportions(rng, h)
+    o = _draw_outline(rng, h, pr)
+
+    # pixel spacing from the body size (sometimes too tight: truncation)
+    width = float(o.r_b[np.argmin(np.abs(o.theta))] + o.r_b[0]) + (180 if h["arms"] == "down" else 0)
+    if spacing_mm is None:
+        spacing_mm = float(np.clip(width * rng.uniform(1.0, 1.2) / size, 0.6, 1.0))
+        if rng.random() < 0.1:
+            spacing_mm = float(np.clip(spacing_mm * rng.uniform(0.8, 0.95), 0.6, 1.0))
+    cv = _Canvas(size, spacing_mm, h["rotation_deg"], tuple(h["shift_mm"]))
+    anat = np.zeros((size, size), np.uint8)
+    pol = _body_layers(anat, cv, rng, pr, o)
+    _paraspinal(anat, cv, rng, pr, o, pol)
+    # abdominal wall: rectus + three lateral layers, radial bands inside the fascia
+    ql_ax, ql_ay = (pr.muscle ** 0.7 * pr.frame * rng.uniform(15, 20),
+                    pr.muscle ** 0.7 * pr.frame * rng.uniform(8, 11))
+    _abdominal_wall(anat, rng, pr, o, pol)
+    # retroperitoneum: kidneys with perirenal and sinus fat, vessels, liver/spleen tips
+    psoas_ax, psoas_ay = (pr.muscle ** 0.7 * pr.frame * rng.uniform(14, 19),
+                          pr.muscle ** 0.7 * pr.frame * rng.uniform(13, 17))
+    structures = _kidneys(anat, cv, rng, h, pr, o, pol, psoas_ax)
+    structures += _vessels_and_organs(anat, cv, rng, h, o)
+    _posterior_wall_muscles(anat, cv, rng, pr, o, pol, (psoas_ax, psoas_ay), (ql_ax, ql_ay))
+    structures += _vertebra(anat, cv, rng, h, pr, o)
+
+    # bowel loops fill the free visceral fat, more densely in lean bodies
+    _bowel(anat, cv, rng, h, pr.vat_index, o.a_f, o.b_ant)
+
+    # arms beside the abdomen
+    if h["arms"] == "down":
+        _arms(anat, cv, rng, o.r_b, o.theta, pr.sat_index, o.y_vb)
+    _table(anat, cv, rng, size, spacing_mm)
+
+    img, p = _render_phantom(anat, rng, h, pr, params, size, spacing_mm, width)
+    tissue, groups = label_tissues(img, anat)
+    meta = {**h, "sat_index": pr.sat_index, "vat_index": pr.vat_index, "muscle_scale": pr.muscle,
+            "fatty_infiltration_hu": pr.infiltration, "imat_amount": pr.imat_amount, "phase": p.phase,
+            "spacing_mm": spacing_mm, "structures": structures, "scan": p.as_dict(), "generator": "l3-phantom-1"}
+    origin = (-(size - 1) / 2 * spacing_mm,) * 2
+    image = Image(img, (spacing_mm, spacing_mm), origin, None, {"Modality": "CT", "synthetic": True,
+                                                                 "PatientSex": h["sex"]})
+    return PhantomSample(image, tissue, groups, anat, meta=meta)
+
+
+def _draw_proportions(rng: np.random.Generator, h: dict[str, Any]) -> _Proportions:
+    """Fat indices, frame and muscle scale, fatty infiltration and IMAT amount from the habitus."""
     male = h["sex"] == "M"
     bmi, age, sarco = h["bmi"], h["age"], h["sarcopenic"]
     sat_index = float(np.clip((bmi - 16.0) / 12.0, 0.03, 3.0)) * (1.25 if not male else 0.9)
@@ -275,8 +291,13 @@ def make_l3_phantom(rng: np.random.Generator, *, size: int = 512, spacing_mm: fl
     infiltration = max(0.0, (age - 30) / 60) * 12 + (rng.uniform(8, 25) if sarco else 0) + max(0, bmi - 30) * 0.5
     imat_amount = float(np.clip(0.1 + 0.4 * (age - 20) / 70 + (0.3 if sarco else 0) + 0.015 * max(0, bmi - 28),
                                 0.05, 1.0) * rng.uniform(0.6, 1.3))
+    return _Proportions(sat_index, vat_index, frame, muscle, infiltration, imat_amount)
 
-    # fascia (outer boundary of the muscle wall / back muscles), polar around the origin
+
+def _draw_outline(rng: np.random.Generator, h: dict[str, Any], pr: _Proportions) -> _Outline:
+    """The fascia (outer boundary of the muscle wall and back muscles, polar around the origin), the
+    subcutaneous fat and skin outside it, and the vertebra and back it hugs."""
+    bmi, frame, muscle, vat_index, sat_index = h["bmi"], pr.frame, pr.muscle, pr.vat_index, pr.sat_index
     a_f = frame * rng.uniform(112, 130) * (1 + 0.3 * vat_index)
     b_ant = frame * rng.uniform(72, 88) * (1 + 0.45 * vat_index)
     # spine and back muscles first: the posterior fascia hugs the paraspinal compartment
@@ -311,35 +332,43 @@ def make_l3_phantom(rng: np.random.Generator, *, size: int = 512, spacing_mm: fl
     slope = np.gradient(r_b, theta[1] - theta[0]) / r_b
     skin_rad = skin_t * np.sqrt(1 + slope ** 2)
     y_flat = float(r_b[np.argmin(np.abs(theta - np.pi / 2))] * rng.uniform(0.93, 0.99))
+    return _Outline(a_f, b_ant, vb_a, vb_b, y_vb, canal_y, y_tp, tp_len, para_depth, para_half, theta, r_f, r_b,
+                    skin_t, skin_rad, y_flat)
 
-    # pixel spacing from the body size (sometimes too tight: truncation)
-    width = float(r_b[np.argmin(np.abs(theta))] + r_b[0]) + (180 if h["arms"] == "down" else 0)
-    if spacing_mm is None:
-        spacing_mm = float(np.clip(width * rng.uniform(1.0, 1.2) / size, 0.6, 1.0))
-        if rng.random() < 0.1:
-            spacing_mm = float(np.clip(spacing_mm * rng.uniform(0.8, 0.95), 0.6, 1.0))
-    cv = _Canvas(size, spacing_mm, h["rotation_deg"], tuple(h["shift_mm"]))
+
+def _body_layers(anat: np.ndarray, cv: _Canvas, rng: np.random.Generator, pr: _Proportions,
+                 o: _Outline) -> _Polar:
+    """Paint skin, subcutaneous fat (with Scarpa's fascia), and visceral fat inside the fascia, the back
+    excepted; return the canvas' polar coordinates."""
+    theta, y_flat = o.theta, o.y_flat
     X, Y = cv.X, cv.Y
     r = np.sqrt(X * X + Y * Y)
     th = np.arctan2(Y, X)
-    R_f = np.interp(th, theta, r_f, period=2 * np.pi)
-    R_b = np.interp(th, theta, r_b, period=2 * np.pi)
-    R_s = R_b - np.interp(th, theta, skin_rad, period=2 * np.pi)
+    R_f = np.interp(th, theta, o.r_f, period=2 * np.pi)
+    R_b = np.interp(th, theta, o.r_b, period=2 * np.pi)
+    R_s = R_b - np.interp(th, theta, o.skin_rad, period=2 * np.pi)
 
-    anat = np.zeros((size, size), np.uint8)
     body = (r <= R_b) & (Y <= y_flat)
     anat[body] = _A["skin"]
-    anat[(r <= R_s) & (Y <= y_flat - skin_t)] = _A["subcutaneous_fat"]
-    if sat_index > 0.5 and rng.random() < 0.6:  # Scarpa's fascia inside thick subcutaneous fat
+    anat[(r <= R_s) & (Y <= y_flat - o.skin_t)] = _A["subcutaneous_fat"]
+    if pr.sat_index > 0.5 and rng.random() < 0.6:  # Scarpa's fascia inside thick subcutaneous fat
         mid = R_f + 0.45 * (R_s - R_f)
         _put = (np.abs(r - mid) < 0.4) & (anat == _A["subcutaneous_fat"]) & (Y < 0.3 * y_flat)
         anat[_put] = _A["superficial_fascia"]
 
     inside = r <= R_f
-    back = inside & (Y > y_tp) & (np.abs(X) < para_half + 6)
+    back = inside & (Y > o.y_tp) & (np.abs(X) < o.para_half + 6)
     anat[inside & ~back] = _A["visceral_fat"]
+    return _Polar(X, Y, r, R_f, inside)
 
-    # paraspinal compartments (erector spinae + multifidus inside the thoracolumbar fascia)
+
+def _paraspinal(anat: np.ndarray, cv: _Canvas, rng: np.random.Generator, pr: _Proportions, o: _Outline,
+                pol: _Polar) -> None:
+    """Paint the paraspinal compartments (erector spinae + multifidus inside the thoracolumbar fascia); the
+    fat behind the fascia and beside them is subcutaneous."""
+    X, Y, r, R_f = pol.X, pol.Y, pol.r, pol.R_f
+    para_half, para_depth, y_tp, imat_amount = o.para_half, o.para_depth, o.y_tp, pr.imat_amount
+    back = pol.inside & (Y > y_tp) & (np.abs(X) < para_half + 6)
     for side in (-1, 1):
         ax_p, ay_p = para_half / 2 * rng.uniform(1.0, 1.1), para_depth / 2 * rng.uniform(1.05, 1.2)
         cx_p = side * (para_half / 2 + 3)
@@ -357,14 +386,17 @@ def make_l3_phantom(rng: np.random.Generator, *, size: int = 512, spacing_mm: fl
     anat[back & ~np.isin(anat, [_A["intermuscular_fat"], _A["multifidus"], _A["erector_spinae"]])] = \
         _A["subcutaneous_fat"]
 
-    # abdominal wall: rectus + three lateral layers, radial bands inside the fascia
-    ql_ax, ql_ay = muscle ** 0.7 * frame * rng.uniform(15, 20), muscle ** 0.7 * frame * rng.uniform(8, 11)
-    ql_x = vb_a * 0.5 + tp_len + ql_ax * 0.3
-    ql_y = y_tp - ql_ay * 0.3
+
+def _abdominal_wall(anat: np.ndarray, rng: np.random.Generator, pr: _Proportions, o: _Outline,
+                    pol: _Polar) -> None:
+    """Paint rectus abdominis, the three lateral layers with fat planes between them, and the linea alba, as
+    radial bands inside the fascia over visceral fat."""
+    X, Y, r, R_f, inside = pol.X, pol.Y, pol.r, pol.R_f, pol.inside
+    muscle, imat_amount, vat_index, b_ant = pr.muscle, pr.imat_amount, pr.vat_index, o.b_ant
     phi = np.arctan2(np.abs(X), -Y)  # 0 anterior, pi posterior
     side_x = np.sign(X)
     depth = R_f - r
-    phi_end = float(np.arctan2(para_half + 8, -(y_tp + para_depth * 0.25)))
+    phi_end = float(np.arctan2(o.para_half + 8, -(o.y_tp + o.para_depth * 0.25)))
     for side in (-1, 1):
         s = side_x == side
         half_la = rng.uniform(2.0, 8.0) / b_ant + 0.01 * vat_index
@@ -391,8 +423,12 @@ def make_l3_phantom(rng: np.random.Generator, *, size: int = 512, spacing_mm: fl
         la = s & (ph >= 0) & (ph <= half_la) & (depth >= 0) & (depth < rng.uniform(1.0, 2.5))
         anat[la & (anat == _A["visceral_fat"])] = _A["linea_alba"]
 
-    # retroperitoneum: kidneys with perirenal and sinus fat, vessels, liver/spleen tips
-    psoas_ax, psoas_ay = muscle ** 0.7 * frame * rng.uniform(14, 19), muscle ** 0.7 * frame * rng.uniform(13, 17)
+
+def _kidneys(anat: np.ndarray, cv: _Canvas, rng: np.random.Generator, h: dict[str, Any], pr: _Proportions,
+             o: _Outline, pol: _Polar, psoas_ax: float) -> list[str]:
+    """Paint the kidneys the habitus has (cortex, medulla, perirenal fat; sinus fat, pelvis and hilum vessels
+    unless the slice is through a pole) lateral to the psoas; return their names."""
+    r, R_f, vb_a, y_vb = pol.r, pol.R_f, o.vb_a, o.y_vb
     structures: list[str] = []
     for side, key in ((-1, "kidney_right"), (1, "kidney_left")):
         if not h[key]:
@@ -403,7 +439,7 @@ def make_l3_phantom(rng: np.random.Generator, *, size: int = 512, spacing_mm: fl
         kx = side * (vb_a + 2 * psoas_ax + ka * 0.7 + rng.uniform(0, 10))
         ky = y_vb + rng.uniform(-8, 10)
         ang = side * rng.uniform(25, 50)
-        prf = rng.uniform(3, 10) + 12 * max(vat_index, 0)
+        prf = rng.uniform(3, 10) + 12 * max(pr.vat_index, 0)
         peri = _Blob(cv, rng, kx, ky, ka + prf, kb + prf * 0.8, ang, 0.08)
         _paint(anat, peri.sl, peri.mask() & (r[peri.sl] <= R_f[peri.sl] - 3), _A["perirenal_fat"],
                allowed=[_A["visceral_fat"]])
@@ -424,6 +460,15 @@ def make_l3_phantom(rng: np.random.Generator, *, size: int = 512, spacing_mm: fl
                 ves = _Blob(cv, rng, vx, vy, rng.uniform(2, 4), rng.uniform(1.5, 3), 0, 0.05)
                 _paint(anat, ves.sl, ves.mask(), _A["renal_hilum_vessels"],
                        allowed=[_A["renal_sinus_fat"], _A["perirenal_fat"]])
+    return structures
+
+
+def _vessels_and_organs(anat: np.ndarray, cv: _Canvas, rng: np.random.Generator, h: dict[str, Any],
+                        o: _Outline) -> list[str]:
+    """Paint the aorta (calcified with age) and the inferior vena cava, the liver and spleen (large, or
+    their tips) and the pancreas the habitus has; return the organs' names."""
+    age, a_f, y_vb, vb_b = h["age"], o.a_f, o.y_vb, o.vb_b
+    structures: list[str] = []
     aorta_r = rng.uniform(8, 12) * (1 + 0.004 * (age - 40))
     ao = _Blob(cv, rng, rng.uniform(4, 14), y_vb - vb_b - aorta_r - rng.uniform(1, 5), aorta_r, aorta_r, 0, 0.01)
     _paint(anat, ao.sl, ao.mask(), _A["aorta"])
@@ -464,8 +509,18 @@ def make_l3_phantom(rng: np.random.Generator, *, size: int = 512, spacing_mm: fl
                    rng.uniform(12, 22), rng.uniform(7, 12), rng.uniform(-20, 20), 0.12)
         _paint(anat, pa.sl, pa.mask(), _A["pancreas"], allowed=[_A["visceral_fat"]])
         structures.append("pancreas")
+    return structures
 
-    # muscles of the posterior wall: psoas and quadratus lumborum
+
+def _posterior_wall_muscles(anat: np.ndarray, cv: _Canvas, rng: np.random.Generator, pr: _Proportions,
+                            o: _Outline, pol: _Polar, psoas_axes: tuple[float, float],
+                            ql_axes: tuple[float, float]) -> None:
+    """Paint psoas and quadratus lumborum on both sides, then intermuscular fat streaks and islands inside
+    every muscle."""
+    (psoas_ax, psoas_ay), (ql_ax, ql_ay) = psoas_axes, ql_axes
+    X, Y, vb_a, y_vb, imat_amount = pol.X, pol.Y, o.vb_a, o.y_vb, pr.imat_amount
+    ql_x = vb_a * 0.5 + o.tp_len + ql_ax * 0.3
+    ql_y = o.y_tp - ql_ay * 0.3
     for side in (-1, 1):
         ps = _Blob(cv, rng, side * (vb_a + psoas_ax * rng.uniform(0.55, 0.8)), y_vb - rng.uniform(-4, 6),
                    psoas_ax, psoas_ay, side * rng.uniform(-10, 30), 0.05)
@@ -484,7 +539,12 @@ def make_l3_phantom(rng: np.random.Generator, *, size: int = 512, spacing_mm: fl
                         rng.uniform(0, 180), 0.2)
             _paint(anat, st_.sl, st_.mask(), _A["intermuscular_fat"], allowed=muscle_ids)
 
-    # vertebra: body (or disc), canal, pedicles, lamina, spinous and transverse processes
+
+def _vertebra(anat: np.ndarray, cv: _Canvas, rng: np.random.Generator, h: dict[str, Any], pr: _Proportions,
+              o: _Outline) -> list[str]:
+    """Paint the vertebra: body (or disc), pedicles, laminae, articular, spinous and transverse processes, the
+    spinal canal, and rib tips when the habitus has them (then returns ``["rib_tips"]``)."""
+    frame, vb_a, vb_b, y_vb, canal_y, tp_len, y_tp = pr.frame, o.vb_a, o.vb_b, o.y_vb, o.canal_y, o.tp_len, o.y_tp
     vb = _Blob(cv, rng, 0, y_vb, vb_a, vb_b, rng.uniform(-3, 3), 0.03)
     if h["disc_level"]:
         _paint(anat, vb.sl, vb.mask(), _A["intervertebral_disc"])
@@ -507,24 +567,20 @@ def make_l3_phantom(rng: np.random.Generator, *, size: int = 512, spacing_mm: fl
         _paint(anat, pb.sl, pb.inner(1.6), _A["posterior_elements_cancellous"])
     canal = _Blob(cv, rng, 0, canal_y, frame * rng.uniform(10, 12), frame * rng.uniform(7, 9), 0, 0.08)
     _paint(anat, canal.sl, canal.mask(), _A["spinal_canal"])
-    if h["rib_tips"]:
-        for side in (-1, 1):
-            ang = np.deg2rad(rng.uniform(25, 50))
-            rr = np.interp(np.arctan2(np.sin(ang), side * np.cos(ang)), theta, r_f, period=2 * np.pi)
-            rx, ry = side * np.cos(ang) * (rr - 8), np.sin(ang) * (rr - 8)
-            rb = _Blob(cv, rng, rx, ry, rng.uniform(5, 9), rng.uniform(3, 5), rng.uniform(0, 180), 0.05)
-            _paint(anat, rb.sl, rb.mask(), _A["rib"])
-            _paint(anat, rb.sl, rb.inner(1.5), _A["posterior_elements_cancellous"])
-        structures.append("rib_tips")
+    if not h["rib_tips"]:
+        return []
+    for side in (-1, 1):
+        ang = np.deg2rad(rng.uniform(25, 50))
+        rr = np.interp(np.arctan2(np.sin(ang), side * np.cos(ang)), o.theta, o.r_f, period=2 * np.pi)
+        rx, ry = side * np.cos(ang) * (rr - 8), np.sin(ang) * (rr - 8)
+        rb = _Blob(cv, rng, rx, ry, rng.uniform(5, 9), rng.uniform(3, 5), rng.uniform(0, 180), 0.05)
+        _paint(anat, rb.sl, rb.mask(), _A["rib"])
+        _paint(anat, rb.sl, rb.inner(1.5), _A["posterior_elements_cancellous"])
+    return ["rib_tips"]
 
-    # bowel loops fill the free visceral fat, more densely in lean bodies
-    _bowel(anat, cv, rng, h, vat_index, a_f, b_ant)
 
-    # arms beside the abdomen
-    if h["arms"] == "down":
-        _arms(anat, cv, rng, r_b, theta, sat_index, y_vb)
-
-    # table below the back, in the scanner frame (not rotated with the patient)
+def _table(anat: np.ndarray, cv: _Canvas, rng: np.random.Generator, size: int, spacing_mm: float) -> None:
+    """Paint the table below the back, in the scanner frame (not rotated with the patient): foam in a shell."""
     rows = np.nonzero((anat > 0).any(axis=1))[0]
     top = (rows.max() + 1 + rng.uniform(0, 3) / spacing_mm) if len(rows) else size * 0.8
     thick = rng.uniform(8, 25) / spacing_mm
@@ -535,7 +591,13 @@ def make_l3_phantom(rng: np.random.Generator, *, size: int = 512, spacing_mm: fl
     anat[tab & (anat == 0)] = _A["table_foam"]
     anat[shell & (anat == _A["table_foam"])] = _A["table"]
 
-    # render
+
+def _render_phantom(anat: np.ndarray, rng: np.random.Generator, h: dict[str, Any], pr: _Proportions,
+                    params: ScanParams | None, size: int, spacing_mm: float,
+                    width: float) -> tuple[np.ndarray, ScanParams]:
+    """The int16 HU image of ``anat`` and the scan parameters used: drawn ones are noisier for larger bodies;
+    muscles lose HU with fatty infiltration (the back most, the psoas least)."""
+    infiltration = pr.infiltration
     p = params if params is not None else sample_scan_params(rng, fov_mm=size * spacing_mm)
     if params is None:  # larger bodies attenuate more: noisier
         p.noise_sd_hu = float(min(p.noise_sd_hu * np.clip(width / 380.0, 0.85, 1.25), 60.0))
@@ -548,16 +610,7 @@ def make_l3_phantom(rng: np.random.Generator, *, size: int = 512, spacing_mm: fl
     if not h["oral_contrast"]:
         hu["oral_contrast"] = hu["bowel_fluid"]
     img, p = simulate_scan(anat, _TISSUE_KEYS, (spacing_mm, spacing_mm), rng, p, hu)
-    img = np.rint(np.clip(img, -32768, 32767)).astype(np.int16)
-
-    tissue, groups = label_tissues(img, anat)
-    meta = {**h, "sat_index": sat_index, "vat_index": vat_index, "muscle_scale": muscle,
-            "fatty_infiltration_hu": infiltration, "imat_amount": imat_amount, "phase": p.phase,
-            "spacing_mm": spacing_mm, "structures": structures, "scan": p.as_dict(), "generator": "l3-phantom-1"}
-    origin = (-(size - 1) / 2 * spacing_mm,) * 2
-    image = Image(img, (spacing_mm, spacing_mm), origin, None, {"Modality": "CT", "synthetic": True,
-                                                                 "PatientSex": h["sex"]})
-    return PhantomSample(image, tissue, groups, anat, meta=meta)
+    return np.rint(np.clip(img, -32768, 32767)).astype(np.int16), p
 
 
 def label_tissues(hu: np.ndarray, anatomy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

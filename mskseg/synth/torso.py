@@ -212,19 +212,11 @@ def make_torso(rng: np.random.Generator, *, z_range: str | tuple[str, str] | tup
     size = 512 if size is None else int(size)
     if not 32 <= size <= 1024:
         raise ValueError(f"size {size} is outside 32..1024 pixels")
+    # The helpers draw from ``rng`` in the order they are called here: keep that order.
     h = sample_torso_habitus(rng, **(habitus or {}))
     male = h["sex"] == "M"
-    bmi, age = h["bmi"], h["age"]
-    frame = h["frame"]
-    sat_index = float(np.clip((bmi - 16.0) / 12.0, 0.03, 3.0)) * (1.25 if not male else 0.9)
-    vat_index = float(np.clip((bmi - 20.0) / 14.0, -0.25, 2.0)) * (1.25 if male else 0.8) * rng.uniform(0.7, 1.3)
-    muscle = (1.0 if male else 0.85) * rng.uniform(0.9, 1.1) * (1 + 0.008 * np.clip(bmi - 25, -8, 15))
-    if h["sarcopenic"]:
-        muscle *= rng.uniform(0.65, 0.82)
-    infiltration = max(0.0, (age - 30) / 60) * 12 + (rng.uniform(8, 25) if h["sarcopenic"] else 0) +\
-        max(0, bmi - 30) * 0.5
-    imat_amount = float(np.clip(0.1 + 0.4 * (age - 20) / 70 + (0.3 if h["sarcopenic"] else 0)
-                                + 0.015 * max(0, bmi - 28), 0.05, 1.0) * rng.uniform(0.6, 1.3))
+    age, frame = h["age"], h["frame"]
+    sat_index, vat_index, muscle, infiltration, imat_amount = _draw_torso_proportions(rng, h)
 
     verts = plan_spine(rng, variant, frame)
     byname = {v.name: v for v in verts}
@@ -232,27 +224,9 @@ def make_torso(rng: np.random.Generator, *, z_range: str | tuple[str, str] | tup
     for v in verts:
         v.y += y_l3
     lm = landmarks(rng, verts, frame, male)
-
-    # ---------------------------------------------------------------- field of view and grid
-    fov_name, (z_lo, z_hi) = _resolve_fov(rng, z_range, byname, lm)
-    if spacing_mm is None:
-        sk = float(rng.choice([0.625, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0],
-                              p=[0.05, 0.1, 0.1, 0.1, 0.1, 0.2, 0.2, 0.15]))
-        width = 2 * (frame * 135 * (1 + 0.3 * max(vat_index, 0)) + 10 + 24 * sat_index) +\
-            (160 if h["arms"] == "down" else 0)
-        s_in = float(np.clip(width * rng.uniform(1.0, 1.2) / 512, 0.6, 1.0)) * 512 / size
-        spacing = (s_in, s_in, sk)
-    else:
-        spacing = tuple(float(s) for s in spacing_mm)
-        if len(spacing) != 3:
-            raise ValueError(f"spacing_mm must have 3 values (i, j, k), got {spacing_mm!r}")
-    if not all(0.3 <= s <= 6.0 for s in spacing):
-        raise ValueError(f"spacing {spacing} mm is outside 0.3-6 mm")
-    nk = int(np.floor((z_hi - z_lo) / spacing[2])) + 1
-    if nk > 2000:
-        raise ValueError(f"{nk} slices: the field of view {z_hi - z_lo:.0f} mm at {spacing[2]} mm is too many")
-    shift = (float(rng.normal(0, 8)), float(rng.normal(0, 8)))
-    g = TorsoGrid(size, size, nk, spacing, shift, z_lo)
+    fov_name, (z_lo, z_hi), spacing, g = _torso_grid(rng, z_range, byname, lm, spacing_mm, size, h, sat_index,
+                                                     vat_index)
+    nk, shift = g.nk, g.shift
     m = TorsoMaps(g)
 
     # ---------------------------------------------------------------- anatomy
@@ -274,31 +248,12 @@ def make_torso(rng: np.random.Generator, *, z_range: str | tuple[str, str] | tup
     draw_ribs(rng, m, verts, body, lm, state)
     draw_pelvis(rng, m, verts, body, lm, state)
     imat_streaks(rng, m, state)
-    p = params if params is not None else sample_scan_params(
-        rng, fov_mm=float(size * spacing[0] * rng.uniform(0.95, 1.0)),
-        slice_thickness_mm=float(min(5.0, spacing[2] * rng.choice([1.0, 1.0, 1.0, 1.5, 2.0]))),
-        osteoporotic=h["osteoporotic"])
-    if params is not None:
-        p = dataclasses.replace(params)
-    if phase is not None:
-        p.phase = phase
-    p.osteoporotic = bool(p.osteoporotic or h["osteoporotic"])
+    p = _torso_scan_params(rng, params, phase, h, size, spacing)
     screws = draw_screws(rng, m, verts) if p.metal else []
     t_anatomy = time.perf_counter() - t_start
 
     # ---------------------------------------------------------------- render
-    hu = sample_tissue_hu(rng, p)
-    hu["muscle:wall"] = hu["muscle"] - infiltration * rng.uniform(0.7, 1.1)
-    hu["muscle:psoas"] = hu["muscle"] - infiltration * rng.uniform(0.4, 0.8)
-    hu["muscle:paraspinal"] = hu["muscle"] - infiltration * rng.uniform(0.9, 1.4)
-    hu["muscle:arm"] = hu["muscle"] - infiltration * 0.6
-    hu["muscle:heart"] = 0.6 * hu["muscle"] + 0.4 * hu["blood"]
-    hu["muscle:bladder"] = hu["muscle"]
-    hu["fat:marrow"] = hu["fat"] + rng.uniform(-10, 60)
-    hu["csf:cord"] = hu["csf"] + rng.uniform(15, 30)
-    hu["venous_blood:portal"] = hu["venous_blood"] + (rng.uniform(10, 40) if p.phase == "portal" else 0.0)
-    if not h.get("oral_contrast", False):
-        hu["oral_contrast"] = hu["bowel_fluid"]
+    hu = _torso_tissue_hu(rng, p, h, infiltration)
     img = _render(rng, m.anat, g, p, hu, body)
     tissue = label_body_composition(img, m.anat)
     outside = artifacts.outside_fov((g.nj, g.ni), spacing, p.fov_mm)
@@ -309,29 +264,8 @@ def make_torso(rng: np.random.Generator, *, z_range: str | tuple[str, str] | tup
     # ---------------------------------------------------------------- outputs
     z_offset = float(rng.uniform(-500, 100))
     origin = (-(size - 1) / 2.0 * spacing[0], -(size - 1) / 2.0 * spacing[1], float(g.z0 + z_offset))
-    metadata = {
-        "Modality": "CT", "PatientSex": h["sex"], "PatientAge": f"{int(round(age)):03d}Y",
-        "PatientSize": round(h["height_m"], 2), "PatientWeight": round(h["weight_kg"], 1),
-        "BodyPartExamined": "CHEST_ABDOMEN_PELVIS" if fov_name == "chest_abdomen_pelvis" else "ABDOMEN",
-        "ContrastBolusAgent": "" if p.phase == "native" else "IV contrast", "synthetic": True,
-    }
-    image = Image(img, spacing, origin, None, metadata)
-    labels = image.with_array(m.lab, keep_metadata=False)
-    labels.metadata = {"synthetic": True}
-    tissue_img = image.with_array(tissue, keep_metadata=False)
-    tissue_img.metadata = {"synthetic": True}
-    level_centres: dict[str, float] = {}
-    level_slices: dict[str, int] = {}
-    for v in verts:
-        if v.kind == "coccygeal" or (v.kind == "sacral" and v.name != "S1"):
-            continue
-        if v.name in ("C6",):
-            continue
-        zc = float(v.z + z_offset)
-        level_centres[v.name] = zc
-        k = int(round((v.z - g.z0) / spacing[2]))
-        if 0 <= k < nk:
-            level_slices[v.name] = k
+    image, labels, tissue_img = _torso_images(img, m.lab, tissue, spacing, origin, h, fov_name, p.phase)
+    level_centres, level_slices = _level_truth(verts, z_offset, g.z0, spacing, nk)
     present = np.flatnonzero(np.bincount(m.lab.ravel(), minlength=256))
     label_names = {int(v): TORSO_LABELS[int(v)] for v in present if int(v) in TORSO_LABELS}
     counts = dict(VARIANT_COUNTS[variant])
@@ -346,6 +280,125 @@ def make_torso(rng: np.random.Generator, *, z_range: str | tuple[str, str] | tup
             "seconds_total": round(time.perf_counter() - t_start, 3)}
     return TorsoSample(image, labels, tissue_img, label_names, dict(TISSUE_LABELS), level_centres, level_slices,
                        level_slices.get("L3"), variant, m.anat, meta)
+
+
+def _draw_torso_proportions(rng: np.random.Generator, h: dict[str, Any]) -> tuple[float, float, Any, Any, float]:
+    """``(sat_index, vat_index, muscle scale, fatty infiltration (HU), IMAT amount)`` of the habitus."""
+    male = h["sex"] == "M"
+    bmi, age = h["bmi"], h["age"]
+    sat_index = float(np.clip((bmi - 16.0) / 12.0, 0.03, 3.0)) * (1.25 if not male else 0.9)
+    vat_index = float(np.clip((bmi - 20.0) / 14.0, -0.25, 2.0)) * (1.25 if male else 0.8) * rng.uniform(0.7, 1.3)
+    muscle = (1.0 if male else 0.85) * rng.uniform(0.9, 1.1) * (1 + 0.008 * np.clip(bmi - 25, -8, 15))
+    if h["sarcopenic"]:
+        muscle *= rng.uniform(0.65, 0.82)
+    infiltration = max(0.0, (age - 30) / 60) * 12 + (rng.uniform(8, 25) if h["sarcopenic"] else 0) +\
+        max(0, bmi - 30) * 0.5
+    imat_amount = float(np.clip(0.1 + 0.4 * (age - 20) / 70 + (0.3 if h["sarcopenic"] else 0)
+                                + 0.015 * max(0, bmi - 28), 0.05, 1.0) * rng.uniform(0.6, 1.3))
+    return sat_index, vat_index, muscle, infiltration, imat_amount
+
+
+def _torso_grid(rng: np.random.Generator, z_range, byname: dict[str, PlannedVertebra], lm: dict[str, float],
+                spacing_mm: Sequence[float] | None, size: int, h: dict[str, Any], sat_index: float,
+                vat_index: float) -> tuple[str, tuple[float, float], tuple[float, ...], TorsoGrid]:
+    """``(field-of-view name, (z_lo, z_hi), spacing, grid)``: the field of view along z, the voxel spacing
+    ``(i, j, k)`` (drawn from the body width when not given) and the grid with a drawn shift.
+
+    Raises:
+        ValueError: a spacing that is not 3 values in 0.3-6 mm, or more than 2000 slices.
+    """
+    fov_name, (z_lo, z_hi) = _resolve_fov(rng, z_range, byname, lm)
+    if spacing_mm is None:
+        sk = float(rng.choice([0.625, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0],
+                              p=[0.05, 0.1, 0.1, 0.1, 0.1, 0.2, 0.2, 0.15]))
+        width = 2 * (h["frame"] * 135 * (1 + 0.3 * max(vat_index, 0)) + 10 + 24 * sat_index) +\
+            (160 if h["arms"] == "down" else 0)
+        s_in = float(np.clip(width * rng.uniform(1.0, 1.2) / 512, 0.6, 1.0)) * 512 / size
+        spacing = (s_in, s_in, sk)
+    else:
+        spacing = tuple(float(s) for s in spacing_mm)
+        if len(spacing) != 3:
+            raise ValueError(f"spacing_mm must have 3 values (i, j, k), got {spacing_mm!r}")
+    if not all(0.3 <= s <= 6.0 for s in spacing):
+        raise ValueError(f"spacing {spacing} mm is outside 0.3-6 mm")
+    nk = int(np.floor((z_hi - z_lo) / spacing[2])) + 1
+    if nk > 2000:
+        raise ValueError(f"{nk} slices: the field of view {z_hi - z_lo:.0f} mm at {spacing[2]} mm is too many")
+    shift = (float(rng.normal(0, 8)), float(rng.normal(0, 8)))
+    return fov_name, (z_lo, z_hi), spacing, TorsoGrid(size, size, nk, spacing, shift, z_lo)
+
+
+def _torso_scan_params(rng: np.random.Generator, params: ScanParams | None, phase: str | None, h: dict[str, Any],
+                       size: int, spacing: tuple[float, ...]) -> ScanParams:
+    """The scan parameters: a copy of ``params``, or drawn (field of view and slice thickness from the grid);
+    ``phase`` overrides the contrast phase; an osteoporotic habitus makes the scan osteoporotic."""
+    p = params if params is not None else sample_scan_params(
+        rng, fov_mm=float(size * spacing[0] * rng.uniform(0.95, 1.0)),
+        slice_thickness_mm=float(min(5.0, spacing[2] * rng.choice([1.0, 1.0, 1.0, 1.5, 2.0]))),
+        osteoporotic=h["osteoporotic"])
+    if params is not None:
+        p = dataclasses.replace(params)
+    if phase is not None:
+        p.phase = phase
+    p.osteoporotic = bool(p.osteoporotic or h["osteoporotic"])
+    return p
+
+
+def _torso_tissue_hu(rng: np.random.Generator, p: ScanParams, h: dict[str, Any],
+                     infiltration: float) -> dict[str, float]:
+    """Tissue HU of this scan, with the torso's own keys: muscles by fatty infiltration, heart, bladder wall,
+    marrow, cord, portal vein; bowel contents without oral contrast unless the habitus has it."""
+    hu = sample_tissue_hu(rng, p)
+    hu["muscle:wall"] = hu["muscle"] - infiltration * rng.uniform(0.7, 1.1)
+    hu["muscle:psoas"] = hu["muscle"] - infiltration * rng.uniform(0.4, 0.8)
+    hu["muscle:paraspinal"] = hu["muscle"] - infiltration * rng.uniform(0.9, 1.4)
+    hu["muscle:arm"] = hu["muscle"] - infiltration * 0.6
+    hu["muscle:heart"] = 0.6 * hu["muscle"] + 0.4 * hu["blood"]
+    hu["muscle:bladder"] = hu["muscle"]
+    hu["fat:marrow"] = hu["fat"] + rng.uniform(-10, 60)
+    hu["csf:cord"] = hu["csf"] + rng.uniform(15, 30)
+    hu["venous_blood:portal"] = hu["venous_blood"] + (rng.uniform(10, 40) if p.phase == "portal" else 0.0)
+    if not h.get("oral_contrast", False):
+        hu["oral_contrast"] = hu["bowel_fluid"]
+    return hu
+
+
+def _torso_images(img: np.ndarray, lab: np.ndarray, tissue: np.ndarray, spacing: tuple[float, ...],
+                  origin: tuple[float, float, float], h: dict[str, Any], fov_name: str,
+                  phase: str) -> tuple[Image, Image, Image]:
+    """``(CT, anatomy labels, body-composition labels)`` on one grid; the CT carries DICOM-like patient and
+    study metadata, the label maps only ``synthetic``."""
+    metadata = {
+        "Modality": "CT", "PatientSex": h["sex"], "PatientAge": f"{int(round(h['age'])):03d}Y",
+        "PatientSize": round(h["height_m"], 2), "PatientWeight": round(h["weight_kg"], 1),
+        "BodyPartExamined": "CHEST_ABDOMEN_PELVIS" if fov_name == "chest_abdomen_pelvis" else "ABDOMEN",
+        "ContrastBolusAgent": "" if phase == "native" else "IV contrast", "synthetic": True,
+    }
+    image = Image(img, spacing, origin, None, metadata)
+    labels = image.with_array(lab, keep_metadata=False)
+    labels.metadata = {"synthetic": True}
+    tissue_img = image.with_array(tissue, keep_metadata=False)
+    tissue_img.metadata = {"synthetic": True}
+    return image, labels, tissue_img
+
+
+def _level_truth(verts: list[PlannedVertebra], z_offset: float, z0: float, spacing: tuple[float, ...],
+                 nk: int) -> tuple[dict[str, float], dict[str, int]]:
+    """``(level -> LPS z of its body centre, level -> slice index inside the field of view)`` of every vertebra
+    from C7 down and S1 (not the other sacral or coccygeal segments)."""
+    level_centres: dict[str, float] = {}
+    level_slices: dict[str, int] = {}
+    for v in verts:
+        if v.kind == "coccygeal" or (v.kind == "sacral" and v.name != "S1"):
+            continue
+        if v.name in ("C6",):
+            continue
+        zc = float(v.z + z_offset)
+        level_centres[v.name] = zc
+        k = int(round((v.z - z0) / spacing[2]))
+        if 0 <= k < nk:
+            level_slices[v.name] = k
+    return level_centres, level_slices
 
 
 def make_demo_ct(seed: int = 0) -> TorsoSample:

@@ -7,6 +7,7 @@ intermuscular fat.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -141,8 +142,43 @@ def body_profiles(rng: np.random.Generator, g: TorsoGrid, verts: list[PlannedVer
     }
 
 
+@dataclass
+class _WallGrid:
+    """The in-plane box of :func:`draw_body_wall` and its per-pixel lookups (the same on every slice).
+
+    Attributes:
+        xs1, ys1: patient x of the columns, y of the rows.
+        X2, Y2: the same as broadcastable ``(1, I)`` and ``(J, 1)`` arrays; ``r2`` the radius ``(J, I)``.
+        tidx: index of each pixel's angle in the outline tables (``body["theta"]``).
+        phis: table of angles from the front (0..pi); ``pidx`` each pixel's index in it.
+        right_side: the patient's right half (x < 0).
+    """
+
+    xs1: np.ndarray
+    ys1: np.ndarray
+    X2: np.ndarray
+    Y2: np.ndarray
+    r2: np.ndarray
+    tidx: np.ndarray
+    phis: np.ndarray
+    pidx: np.ndarray
+    right_side: np.ndarray
+
+
+@dataclass
+class _WallLayers:
+    """Per-scan parameters of the abdominal wall (as the L3 phantom draws them): linea alba half width and
+    rectus width (mm), rectus thickness, the three lateral layers' thicknesses, the fat plane between them."""
+
+    half_la: float
+    rect_w_mm: float
+    t_r: float
+    t_lay: list[float]
+    gap: float
+
+
 def draw_body_wall(rng: np.random.Generator, m: TorsoMaps, body: dict[str, Any], lm: dict[str, float],
-                    st: dict[str, Any]) -> None:
+                   st: dict[str, Any]) -> None:
     """Skin, subcutaneous fat, body-wall muscles, paraspinal compartment, psoas, quadratus lumborum, cavity,
     lungs above the diaphragm and the diaphragm itself, slice by slice.
 
@@ -151,7 +187,7 @@ def draw_body_wall(rng: np.random.Generator, m: TorsoMaps, body: dict[str, Any],
     """
     g = m.g
     z = body["z"]
-    fr, mu, imat = st["frame"], st["muscle"], st["imat"]
+    mu, imat = st["muscle"], st["imat"]
     rmax = float(body["r_b"].max()) + 4
     bb = g.box((-rmax, -rmax, g.z[0]), (rmax, rmax, g.z[-1]))
     if bb is None:
@@ -166,12 +202,46 @@ def draw_body_wall(rng: np.random.Generator, m: TorsoMaps, body: dict[str, Any],
     phis = np.linspace(0.0, np.pi, n_phi).astype(np.float32)
     pidx = np.rint(np.arctan2(np.abs(X2), -Y2) / np.pi * (n_phi - 1)).astype(np.int32)
     right_side = np.broadcast_to(X2 < 0, r2.shape)
+    wg = _WallGrid(xs1, ys1, X2, Y2, r2, tidx, phis, pidx, right_side)
     # per-scan wall parameters (as the L3 phantom draws them)
     half_la = rng.uniform(2.0, 8.0)
     rect_w_mm = mu ** 0.3 * rng.uniform(55, 80)
     t_r = mu * rng.uniform(8, 13)
     t_lay = [mu * rng.uniform(5, 8), mu * rng.uniform(5, 9), mu * rng.uniform(3, 6)]
     gap = rng.uniform(0.5, 1.3) + 0.4 * imat
+    wall = _WallLayers(half_la, rect_w_mm, t_r, t_lay, gap)
+    psoas_a, psoas_b, psoas_x, psoas_y, ql_a, ql_b = _posterior_muscle_sizes(z, body, lm, st)
+    w_chest = smoothstep((z - (lm["xiphoid"] - 10)) / 45.0)
+    w_pelvis = smoothstep((lm["crest"] + 10 - z) / 50.0)
+    ps_prof = periodic_profile(rng, 64, 0.05, 4).astype(np.float32)
+    VF, SAT = _A["visceral_fat"], _A["subcutaneous_fat"]
+    for k in range(g.nk):
+        zk = float(z[k])
+        Rf = body["r_f"][k][tidx]
+        a2 = np.zeros(r2.shape, np.uint8)
+        l2 = np.zeros(r2.shape, np.uint8)
+        yflat = body["y_flat"][k]
+        a2[(r2 <= body["r_b"][k][tidx]) & (Y2 <= yflat)] = _A["skin"]
+        a2[(r2 <= body["r_s"][k][tidx]) & (Y2 <= yflat - body["skin"])] = SAT
+        inside = r2 <= Rf
+        a2[inside] = VF
+        depth = Rf - r2
+        wc, wp = float(w_chest[k]), float(w_pelvis[k])
+        _wall_muscles(a2, l2, wg, body, k, inside, depth, wc, wp, wall)
+        _back_compartment(a2, l2, wg, body, k, inside, depth, imat, ps_prof)
+        _psoas_and_quadratus(a2, l2, wg, body, k, lm, inside, (float(psoas_a[k]), float(psoas_b[k])),
+                             (float(psoas_x[k]), float(psoas_y[k])), (float(ql_a[k]), float(ql_b[k])), ps_prof)
+        if zk > lm["recess"] - 5:
+            _chest_and_liver(a2, l2, wg, body, k, lm, zk, wc)
+        m.anat[k, sj, si] = a2
+        m.lab[k, sj, si] = l2
+
+
+def _posterior_muscle_sizes(z: np.ndarray, body: dict[str, Any], lm: dict[str, float],
+                            st: dict[str, Any]) -> tuple[np.ndarray, ...]:
+    """Per slice: psoas semi-axes ``(a, b)``, its lateral offset and y, and quadratus lumborum semi-axes
+    ``(a, b)`` (mm), anchored at the vertebral levels, the sacrum and the femoral heads."""
+    fr, mu = st["frame"], st["muscle"]
     zt12, zl1, zl3, zl5 = lm["z_T12"], lm["z_L1"], lm["z_L3"], lm["z_L5"]
     psoas_a = anchored(z, [(zt12 + 5, 0.0), (zl1, 7), (lm["z_L2"], 12), (zl3, 16), (lm["z_L4"], 21), (zl5, 24),
                            (lm["s1_top"] - 20, 26), (lm["head_z"] + 20, 22), (lm["head_z"] - 60, 18)]) * fr * mu ** 0.7
@@ -184,139 +254,160 @@ def draw_body_wall(rng: np.random.Generator, m: TorsoMaps, body: dict[str, Any],
     ql_a = anchored(z, [(zt12, 0.0), (zl1, 9), (lm["z_L2"], 14), (lm["z_L4"], 17), (lm["crest"], 8),
                         (lm["crest"] - 10, 0.0)]) * fr * mu ** 0.7
     ql_b = ql_a * 0.55
-    w_chest = smoothstep((z - (lm["xiphoid"] - 10)) / 45.0)
-    w_pelvis = smoothstep((lm["crest"] + 10 - z) / 50.0)
-    ps_prof = periodic_profile(rng, 64, 0.05, 4).astype(np.float32)
-    VF, SAT, IM = _A["visceral_fat"], _A["subcutaneous_fat"], _A["intermuscular_fat"]
-    for k in range(g.nk):
-        zk = float(z[k])
-        Rf = body["r_f"][k][tidx]
-        a2 = np.zeros(r2.shape, np.uint8)
-        l2 = np.zeros(r2.shape, np.uint8)
-        yflat = body["y_flat"][k]
-        a2[(r2 <= body["r_b"][k][tidx]) & (Y2 <= yflat)] = _A["skin"]
-        a2[(r2 <= body["r_s"][k][tidx]) & (Y2 <= yflat - body["skin"])] = SAT
-        inside = r2 <= Rf
-        a2[inside] = VF
-        depth = Rf - r2
-        y_tp = float(body["y_tp"][k])
-        ph_half, ph_depth = float(body["para_half"][k]), float(body["para_depth"][k])
-        xs = float(body["x_spine"][k])
-        phi_end = float(np.arctan2(ph_half + 8, -(y_tp + ph_depth * 0.25)))
-        b_ant = float(body["b_ant"][k])
-        before = phis < phi_end
-        # --- body-wall layers from the fascia inwards, thickness tables over the angle from the front
-        wc, wp = float(w_chest[k]), float(w_pelvis[k])
-        wa = 1.0 - wc
-        d0 = np.zeros(n_phi, np.float32)
-        if wc > 0.02:
-            band = inside & (r2 > body["r_rc"][k][tidx]) & before[pidx]
-            a2[band] = _A["chest_wall_muscle"]
-        if wa > 0.02:
-            hl, rw = half_la / b_ant, rect_w_mm / b_ant
-            rect_t = wa * t_r * (1 - 0.25 * wp) * smoothstep((phis - hl) / 0.05) * smoothstep((hl + rw - phis) / 0.12)
-            rect_t = (rect_t * ((phis > hl) & before)).astype(np.float32)
-            o_start = hl + rw * 0.85
-            lat = smoothstep((phis - o_start) / 0.25) * smoothstep((phi_end - phis) / 0.3) * (phis > o_start)
-            glut_t = (wp * float(body["glut"][k]) * smoothstep((phis - 1.35) / 0.35) * before).astype(np.float32)
-            if wp > 0.02:
-                gl = np.where(glut_t > 1.0, glut_t, 0.0)
-                gb = inside & (depth < gl[pidx])
-                a2[gb] = _A["gluteal_muscle"]
-                d0 = gl.copy()
-            fade = 1.0 - wp * smoothstep((phis - 1.1) / 0.3)
-            free = a2 == VF
-            for layer, tl in zip(("external_oblique", "internal_oblique", "transversus_abdominis"), t_lay):
-                tkk = wa * tl * lat * fade
-                tkk = np.where(tkk > 0.7, tkk, 0.0).astype(np.float32)
-                lo, hi = d0[pidx], (d0 + tkk)[pidx]
-                bandm = free & (depth >= lo) & (depth < hi)
-                a2[bandm] = _A[layer]
-                l2[bandm] = _LV["abdominal_wall"]
-                plane = free & (depth >= hi) & (depth < (d0 + tkk + np.float32(gap) * (tkk > 0))[pidx])
-                a2[plane] = IM
-                d0 = (d0 + np.where(tkk > 0, tkk + gap, 0.0)).astype(np.float32)
-            rect = free & (depth < rect_t[pidx])
-            a2[rect] = _A["rectus_abdominis"]
-            l2[rect] = _LV["abdominal_wall"]
-            if rect_t.max() > 2:
-                la = inside & (pidx <= int(hl / np.pi * (n_phi - 1))) & (depth < 2.0) & (a2 == VF)
-                a2[la] = _A["linea_alba"]
-        # --- back: fat behind the thoracolumbar fascia is subcutaneous; the paraspinal compartment
-        bj, bi = window_slices(xs1, ys1, xs - ph_half - 8, xs + ph_half + 8, y_tp, 1e4)
-        if bj.stop > bj.start and bi.stop > bi.start:
-            sub_in = inside[bj, bi]
-            av = a2[bj, bi]
-            lv = l2[bj, bi]
-            Xs, Ys = X2[:, bi], Y2[bj, :]
-            av[sub_in & (np.abs(Xs - xs) < ph_half + 6)] = SAT
-            if ph_depth > 4:
-                dsub = depth[bj, bi]
-                for side in (-1, 1):
-                    ax_p, ay_p = ph_half / 2 * 1.05, ph_depth / 2 * 1.12
-                    cx_p, cy_p = xs + side * (ph_half / 2 + 3), y_tp - 3 + ph_depth / 2
-                    dxp, dyp = (Xs - cx_p) / ax_p, (Ys - cy_p) / ay_p
-                    ang = ((np.arctan2(dyp, dxp) + np.pi) / (2 * np.pi) * 63.999).astype(np.int32)
-                    rho = np.sqrt(dxp * dxp + dyp * dyp) / ps_prof[ang]
-                    comp = (rho <= 1) & (dsub > 0.8) & (side * (Xs - xs) >= 3.5)
-                    av[comp] = IM
-                    lv[comp] = 0
-                    musc = comp & (rho <= 0.97 - 0.04 * imat)
-                    split = ax_p * 0.42 + 4 + 3 * np.sin((Ys - cy_p) / 13.0)
-                    off = side * (Xs - xs) - split
-                    cleft = np.abs(off) < 0.6 + 0.8 * imat
-                    mf = musc & (off < 0) & ~cleft
-                    es = musc & (off > 0) & ~cleft
-                    av[mf] = _A["multifidus"]
-                    av[es] = _A["erector_spinae"]
-                    lv[mf | es] = _LV["paraspinal"]
-        # --- psoas (iliopsoas in the pelvis) and quadratus lumborum
-        pa, pb = float(psoas_a[k]), float(psoas_b[k])
-        if pa > 2:
+    return psoas_a, psoas_b, psoas_x, psoas_y, ql_a, ql_b
+
+
+def _wall_muscles(a2: np.ndarray, l2: np.ndarray, wg: _WallGrid, body: dict[str, Any], k: int, inside: np.ndarray,
+                  depth: np.ndarray, wc: float, wp: float, wall: _WallLayers) -> None:
+    """Slice ``k``: the body-wall layers from the fascia inwards (chest wall muscle above, gluteal muscle in
+    the pelvis, the three lateral layers with fat planes, rectus and linea alba), from thickness tables over
+    the angle from the front; ``wc`` and ``wp`` weigh the chest and the pelvis in."""
+    phis, pidx, tidx, r2 = wg.phis, wg.pidx, wg.tidx, wg.r2
+    n_phi = len(phis)
+    half_la, rect_w_mm, t_r, t_lay, gap = wall.half_la, wall.rect_w_mm, wall.t_r, wall.t_lay, wall.gap
+    VF, IM = _A["visceral_fat"], _A["intermuscular_fat"]
+    y_tp = float(body["y_tp"][k])
+    ph_half, ph_depth = float(body["para_half"][k]), float(body["para_depth"][k])
+    phi_end = float(np.arctan2(ph_half + 8, -(y_tp + ph_depth * 0.25)))
+    b_ant = float(body["b_ant"][k])
+    before = phis < phi_end
+    # --- body-wall layers from the fascia inwards, thickness tables over the angle from the front
+    wa = 1.0 - wc
+    d0 = np.zeros(n_phi, np.float32)
+    if wc > 0.02:
+        band = inside & (r2 > body["r_rc"][k][tidx]) & before[pidx]
+        a2[band] = _A["chest_wall_muscle"]
+    if wa > 0.02:
+        hl, rw = half_la / b_ant, rect_w_mm / b_ant
+        rect_t = wa * t_r * (1 - 0.25 * wp) * smoothstep((phis - hl) / 0.05) * smoothstep((hl + rw - phis) / 0.12)
+        rect_t = (rect_t * ((phis > hl) & before)).astype(np.float32)
+        o_start = hl + rw * 0.85
+        lat = smoothstep((phis - o_start) / 0.25) * smoothstep((phi_end - phis) / 0.3) * (phis > o_start)
+        glut_t = (wp * float(body["glut"][k]) * smoothstep((phis - 1.35) / 0.35) * before).astype(np.float32)
+        if wp > 0.02:
+            gl = np.where(glut_t > 1.0, glut_t, 0.0)
+            gb = inside & (depth < gl[pidx])
+            a2[gb] = _A["gluteal_muscle"]
+            d0 = gl.copy()
+        fade = 1.0 - wp * smoothstep((phis - 1.1) / 0.3)
+        free = a2 == VF
+        for layer, tl in zip(("external_oblique", "internal_oblique", "transversus_abdominis"), t_lay):
+            tkk = wa * tl * lat * fade
+            tkk = np.where(tkk > 0.7, tkk, 0.0).astype(np.float32)
+            lo, hi = d0[pidx], (d0 + tkk)[pidx]
+            bandm = free & (depth >= lo) & (depth < hi)
+            a2[bandm] = _A[layer]
+            l2[bandm] = _LV["abdominal_wall"]
+            plane = free & (depth >= hi) & (depth < (d0 + tkk + np.float32(gap) * (tkk > 0))[pidx])
+            a2[plane] = IM
+            d0 = (d0 + np.where(tkk > 0, tkk + gap, 0.0)).astype(np.float32)
+        rect = free & (depth < rect_t[pidx])
+        a2[rect] = _A["rectus_abdominis"]
+        l2[rect] = _LV["abdominal_wall"]
+        if rect_t.max() > 2:
+            la = inside & (pidx <= int(hl / np.pi * (n_phi - 1))) & (depth < 2.0) & (a2 == VF)
+            a2[la] = _A["linea_alba"]
+
+
+def _back_compartment(a2: np.ndarray, l2: np.ndarray, wg: _WallGrid, body: dict[str, Any], k: int,
+                      inside: np.ndarray, depth: np.ndarray, imat: float, ps_prof: np.ndarray) -> None:
+    """Slice ``k``: fat behind the thoracolumbar fascia is subcutaneous; the paraspinal compartments
+    (multifidus and erector spinae, a cleft between them) beside the spine."""
+    xs1, ys1, X2, Y2 = wg.xs1, wg.ys1, wg.X2, wg.Y2
+    SAT, IM = _A["subcutaneous_fat"], _A["intermuscular_fat"]
+    y_tp = float(body["y_tp"][k])
+    ph_half, ph_depth = float(body["para_half"][k]), float(body["para_depth"][k])
+    xs = float(body["x_spine"][k])
+    # --- back: fat behind the thoracolumbar fascia is subcutaneous; the paraspinal compartment
+    bj, bi = window_slices(xs1, ys1, xs - ph_half - 8, xs + ph_half + 8, y_tp, 1e4)
+    if bj.stop > bj.start and bi.stop > bi.start:
+        sub_in = inside[bj, bi]
+        av = a2[bj, bi]
+        lv = l2[bj, bi]
+        Xs, Ys = X2[:, bi], Y2[bj, :]
+        av[sub_in & (np.abs(Xs - xs) < ph_half + 6)] = SAT
+        if ph_depth > 4:
+            dsub = depth[bj, bi]
             for side in (-1, 1):
-                cx, cy = xs + side * float(psoas_x[k]), float(psoas_y[k])
-                bj, bi = window_slices(xs1, ys1, cx - pa * 1.2, cx + pa * 1.2, cy - pb * 1.2, cy + pb * 1.2)
-                dxp, dyp = (X2[:, bi] - cx) / pa, (Y2[bj, :] - cy) / pb
+                ax_p, ay_p = ph_half / 2 * 1.05, ph_depth / 2 * 1.12
+                cx_p, cy_p = xs + side * (ph_half / 2 + 3), y_tp - 3 + ph_depth / 2
+                dxp, dyp = (Xs - cx_p) / ax_p, (Ys - cy_p) / ay_p
                 ang = ((np.arctan2(dyp, dxp) + np.pi) / (2 * np.pi) * 63.999).astype(np.int32)
-                av, lv = a2[bj, bi], l2[bj, bi]
-                ps = (np.sqrt(dxp * dxp + dyp * dyp) <= ps_prof[ang]) & inside[bj, bi] & ((av == VF) | (av == IM))
-                av[ps] = _A["psoas"]
-                lv[ps] = _LV["psoas"]
-        qa, qb = float(ql_a[k]), float(ql_b[k])
-        if qa > 2:
-            for side in (-1, 1):
-                qx = xs + side * (float(body["a_body"][k]) + lm["tp_len"] + qa * 0.3)
-                qy = y_tp - qb * 0.3
-                bj, bi = window_slices(xs1, ys1, qx - qa, qx + qa, qy - qb, qy + qb)
-                av, lv = a2[bj, bi], l2[bj, bi]
-                ql = (((X2[:, bi] - qx) / qa) ** 2 + ((Y2[bj, :] - qy) / qb) ** 2 <= 1) & inside[bj, bi] &\
-                    ((av == VF) | (av == SAT))
-                av[ql] = _A["quadratus_lumborum"]
-                lv[ql] = _LV["paraspinal"]
-        # --- diaphragm, lungs, liver
-        if zk > lm["recess"] - 5:
-            zd = _diaphragm(X2, Y2, lm)
-            cav = a2 == VF
-            lung = cav & (zk > zd)
-            if wc > 0:
-                lung &= ~((np.abs(X2 - 8) < lm["med_half"] * wc) & (Y2 < y_tp - 10))
-            # the pleural recesses stay inside the rib cage; outside it lie intercostal and back muscles
-            outside_cage = lung & (r2 > body["r_rc"][k][tidx])
-            a2[outside_cage] = _A["chest_wall_muscle"]
-            lung &= ~outside_cage
-            a2[lung] = _A["lung"]
-            l2[lung & right_side] = _LV["lung_right"]
-            l2[lung & ~right_side] = _LV["lung_left"]
-            dia = cav & (zk <= zd) & (zk > zd - lm["dia_t"])
-            a2[dia] = _A["diaphragm"]
-            # left border of the liver: near the cava posteriorly, the left lobe reaching across anteriorly
-            x_left = lm["liver_left"] - 0.6 * (lm["dome_r"] - zk)
-            xl = -12.0 + (x_left + 12.0) * smoothstep((lm["y_L1"] - 15 - Y2) / 70.0)
-            liver = cav & (zk <= zd - lm["dia_t"]) & (zk > _liver_bottom(X2, Y2, lm)) & (X2 < xl)
-            a2[liver] = _A["liver"]
-            l2[liver] = _LV["liver"]
-        m.anat[k, sj, si] = a2
-        m.lab[k, sj, si] = l2
+                rho = np.sqrt(dxp * dxp + dyp * dyp) / ps_prof[ang]
+                comp = (rho <= 1) & (dsub > 0.8) & (side * (Xs - xs) >= 3.5)
+                av[comp] = IM
+                lv[comp] = 0
+                musc = comp & (rho <= 0.97 - 0.04 * imat)
+                split = ax_p * 0.42 + 4 + 3 * np.sin((Ys - cy_p) / 13.0)
+                off = side * (Xs - xs) - split
+                cleft = np.abs(off) < 0.6 + 0.8 * imat
+                mf = musc & (off < 0) & ~cleft
+                es = musc & (off > 0) & ~cleft
+                av[mf] = _A["multifidus"]
+                av[es] = _A["erector_spinae"]
+                lv[mf | es] = _LV["paraspinal"]
+
+
+def _psoas_and_quadratus(a2: np.ndarray, l2: np.ndarray, wg: _WallGrid, body: dict[str, Any], k: int,
+                         lm: dict[str, float], inside: np.ndarray, psoas_ab: tuple[float, float],
+                         psoas_xy: tuple[float, float], ql_ab: tuple[float, float], ps_prof: np.ndarray) -> None:
+    """Slice ``k``: psoas (iliopsoas in the pelvis) and quadratus lumborum on both sides, over fat only."""
+    xs1, ys1, X2, Y2 = wg.xs1, wg.ys1, wg.X2, wg.Y2
+    VF, SAT, IM = _A["visceral_fat"], _A["subcutaneous_fat"], _A["intermuscular_fat"]
+    y_tp = float(body["y_tp"][k])
+    xs = float(body["x_spine"][k])
+    # --- psoas (iliopsoas in the pelvis) and quadratus lumborum
+    pa, pb = psoas_ab
+    if pa > 2:
+        for side in (-1, 1):
+            cx, cy = xs + side * psoas_xy[0], psoas_xy[1]
+            bj, bi = window_slices(xs1, ys1, cx - pa * 1.2, cx + pa * 1.2, cy - pb * 1.2, cy + pb * 1.2)
+            dxp, dyp = (X2[:, bi] - cx) / pa, (Y2[bj, :] - cy) / pb
+            ang = ((np.arctan2(dyp, dxp) + np.pi) / (2 * np.pi) * 63.999).astype(np.int32)
+            av, lv = a2[bj, bi], l2[bj, bi]
+            ps = (np.sqrt(dxp * dxp + dyp * dyp) <= ps_prof[ang]) & inside[bj, bi] & ((av == VF) | (av == IM))
+            av[ps] = _A["psoas"]
+            lv[ps] = _LV["psoas"]
+    qa, qb = ql_ab
+    if qa > 2:
+        for side in (-1, 1):
+            qx = xs + side * (float(body["a_body"][k]) + lm["tp_len"] + qa * 0.3)
+            qy = y_tp - qb * 0.3
+            bj, bi = window_slices(xs1, ys1, qx - qa, qx + qa, qy - qb, qy + qb)
+            av, lv = a2[bj, bi], l2[bj, bi]
+            ql = (((X2[:, bi] - qx) / qa) ** 2 + ((Y2[bj, :] - qy) / qb) ** 2 <= 1) & inside[bj, bi] &\
+                ((av == VF) | (av == SAT))
+            av[ql] = _A["quadratus_lumborum"]
+            lv[ql] = _LV["paraspinal"]
+
+
+def _chest_and_liver(a2: np.ndarray, l2: np.ndarray, wg: _WallGrid, body: dict[str, Any], k: int,
+                     lm: dict[str, float], zk: float, wc: float) -> None:
+    """Slice ``k`` near or above the diaphragm: lungs (inside the rib cage, beside the mediastinum), the
+    diaphragm, and the liver below it."""
+    X2, Y2, r2, tidx, right_side = wg.X2, wg.Y2, wg.r2, wg.tidx, wg.right_side
+    VF = _A["visceral_fat"]
+    y_tp = float(body["y_tp"][k])
+    zd = _diaphragm(X2, Y2, lm)
+    cav = a2 == VF
+    lung = cav & (zk > zd)
+    if wc > 0:
+        lung &= ~((np.abs(X2 - 8) < lm["med_half"] * wc) & (Y2 < y_tp - 10))
+    # the pleural recesses stay inside the rib cage; outside it lie intercostal and back muscles
+    outside_cage = lung & (r2 > body["r_rc"][k][tidx])
+    a2[outside_cage] = _A["chest_wall_muscle"]
+    lung &= ~outside_cage
+    a2[lung] = _A["lung"]
+    l2[lung & right_side] = _LV["lung_right"]
+    l2[lung & ~right_side] = _LV["lung_left"]
+    dia = cav & (zk <= zd) & (zk > zd - lm["dia_t"])
+    a2[dia] = _A["diaphragm"]
+    # left border of the liver: near the cava posteriorly, the left lobe reaching across anteriorly
+    x_left = lm["liver_left"] - 0.6 * (lm["dome_r"] - zk)
+    xl = -12.0 + (x_left + 12.0) * smoothstep((lm["y_L1"] - 15 - Y2) / 70.0)
+    liver = cav & (zk <= zd - lm["dia_t"]) & (zk > _liver_bottom(X2, Y2, lm)) & (X2 < xl)
+    a2[liver] = _A["liver"]
+    l2[liver] = _LV["liver"]
 
 
 def _diaphragm(X2: np.ndarray, Y2: np.ndarray, lm: dict[str, float]) -> np.ndarray:

@@ -24,7 +24,6 @@ threads is left as the caller set it (``torch.set_num_threads``); results can di
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -38,11 +37,10 @@ import numpy as np
 
 from ..errors import CancelledError, ModelCardError, MSKSegError, OutputExistsError
 from ..io.common import Labels
-from ..engine import forward_logits
 from . import data as D
 from .card_writer import draft_card, measure_inference, training_section, validation_section
-from .checkpoints import CHECKPOINT_FORMAT, config_fingerprint, load_checkpoint, save_checkpoint, write_log
 from .data import HELD_OUT_INDEX
+from .loop import BatchMaker, RunState, Session, run_epochs, start_session, start_state
 
 if TYPE_CHECKING:
     import torch
@@ -291,13 +289,33 @@ def _default_name_check(name: str) -> None:
 
 # ============================================================================================== data
 @dataclass
+class _Recipe:
+    """The resolved recipe of a run: base card (the fine-tuned one, if any), dimensions and architecture."""
+
+    fine_tune: ModelCard | None
+    base: ModelCard | None
+    dimensions: str
+    spatial_dims: int
+    architecture: dict[str, Any]
+
+
+@dataclass
 class _Dataset:
-    train: list[D.Sample]
-    validation: list[D.Sample]
-    train_cases: list[str]
-    validation_cases: list[str]
-    formats: list[str]
-    root: str | None
+    """The prepared data of a run: cases and their split, samples, the synthetic generator, patch and mix."""
+
+    case_paths: list[D.CasePaths]
+    input_spec: dict[str, Any]
+    synthetic: D.SyntheticData | None
+    cases: list[D.LabelledCase]
+    classes: Labels
+    train_names: list[str]
+    val_names: list[str]
+    train_samples: list[D.Sample]
+    val_samples: list[D.Sample]
+    synthetic_lookup: np.ndarray | None
+    synthetic_val: list[D.Sample]
+    patch: list[int]
+    fraction: float
 
 
 def _collect_classes(config: TrainConfig, base: ModelCard | None, cases: Sequence[D.LabelledCase],
@@ -383,125 +401,6 @@ def load_pretrained(model: torch.nn.Module, card: ModelCard) -> tuple[list[str],
     return sorted(fitting), skipped
 
 
-class _LearningRate:
-    """Per-step learning-rate factor: cosine from 1 to 0, poly ``(1 - t)^0.9``, or constant."""
-
-    def __init__(self, kind: str, total_steps: int):
-        self.kind, self.total = kind, max(int(total_steps), 1)
-
-    def __call__(self, step: int) -> float:
-        t = min(step / self.total, 1.0)
-        if self.kind == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * t))
-        if self.kind == "poly":
-            return (1.0 - t) ** 0.9
-        return 1.0
-
-
-@contextlib.contextmanager
-def _deterministic(enabled: bool):
-    import torch
-
-    previous = torch.are_deterministic_algorithms_enabled()
-    previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
-    if enabled:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
-
-
-# ============================================================================================== batches
-class _BatchMaker:
-    """Draws training batches: real samples and synthetic samples mixed by ``synthetic_fraction``."""
-
-    def __init__(self, real: Sequence[D.Sample], synthetic: D.SyntheticData | None, synthetic_fraction: float,
-                 synthetic_lookup: np.ndarray | None, input_spec: Mapping[str, Any], spatial_dims: int,
-                 patch: Sequence[int], augmentation: D.Augmentation, foreground_probability: float,
-                 pool: int = 0):
-        self.pool, self.cache = int(pool), {}  # index -> (image float16, label); a pure function of the index
-        self.real, self.synthetic, self.fraction = list(real), synthetic, float(synthetic_fraction)
-        self.lookup, self.input_spec, self.spatial_dims = synthetic_lookup, input_spec, spatial_dims
-        self.patch, self.augmentation, self.foreground = list(patch), augmentation, foreground_probability
-
-    def batch(self, rng: np.random.Generator, size: int, synthetic_index: int) -> tuple[np.ndarray, np.ndarray, int]:
-        """``(images (B, C, *patch) float32, labels (B, *patch) int64, next synthetic index)``."""
-        images, labels = [], []
-        for _ in range(size):
-            use_synthetic = self.synthetic is not None and (not self.real or rng.random() < self.fraction)
-            if use_synthetic and self.pool:
-                index = int(rng.integers(self.pool))
-                if index not in self.cache:
-                    image, label = D.synthetic_sample(self.synthetic, index, self.input_spec, self.spatial_dims,
-                                                      self.lookup)
-                    self.cache[index] = (image.astype(np.float16), label)
-                image, label = self.cache[index][0].astype(np.float32), self.cache[index][1]
-            elif use_synthetic:
-                image, label = D.synthetic_sample(self.synthetic, synthetic_index, self.input_spec,
-                                                  self.spatial_dims, self.lookup)
-                synthetic_index += 1
-            else:
-                sample = self.real[int(rng.integers(len(self.real)))]
-                image, label = sample.image.astype(np.float32), sample.label
-            image, label = D.crop_or_pad(image, label, self.patch, rng, self.foreground)
-            image, label = D.augment(image, label, rng, self.augmentation)
-            images.append(image)
-            labels.append(label)
-        return np.stack(images), np.stack(labels).astype(np.int64), synthetic_index
-
-
-# ============================================================================================== validation
-def _predict_samples(model: torch.nn.Module, samples: Sequence[D.Sample], spatial_dims: int,
-                     patch: Sequence[int], device: Any, amp: bool, batch_size: int) -> list[np.ndarray]:
-    """Label predictions for whole validation samples (2D: padded to a multiple of 32; 3D: sliding window)."""
-    import torch
-
-    from ..engine import predict_volume
-
-    if spatial_dims == 3:
-        return [predict_volume(model, s.image.astype(np.float32), roi_size=patch, device=device, amp=amp)
-                for s in samples]
-    model.eval()
-    predictions: list[np.ndarray] = []
-    with torch.inference_mode():
-        start = 0
-        while start < len(samples):
-            shape = samples[start].image.shape
-            group = [samples[start]]
-            while (start + len(group) < len(samples) and len(group) < batch_size
-                   and samples[start + len(group)].image.shape == shape):
-                group.append(samples[start + len(group)])
-            padded = [D.pad_sample_to_multiple(s.image.astype(np.float32), s.label, 32) for s in group]
-            batch = torch.from_numpy(np.stack([p[0] for p in padded])).to(device)
-            logits = forward_logits(model, batch, device, amp)
-            labels = torch.argmax(logits, dim=1).to(torch.uint8).cpu().numpy()
-            for (_, _, crop), lab in zip(padded, labels):
-                predictions.append(lab[crop])
-            start += len(group)
-    return predictions
-
-
-def _dice_per_class(predictions: Sequence[np.ndarray], samples: Sequence[D.Sample],
-                    classes: Labels) -> dict[str, float]:
-    from .evaluate import dice
-
-    out: dict[str, float] = {}
-    for value, name in classes.items():
-        values = [dice(p, s.label, value) for p, s in zip(predictions, samples)]
-        finite = [v for v in values if not math.isnan(v)]
-        out[name] = float(np.mean(finite)) if finite else float("nan")
-    return out
-
-
-def _mean_score(per_class: Mapping[str, float]) -> float:
-    finite = [v for v in per_class.values() if not math.isnan(v)]
-    return float(np.mean(finite)) if finite else float("nan")
-
-
 # ============================================================================================== train
 def train(config: TrainConfig, progress: Progress | None = None,
           on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
@@ -521,9 +420,38 @@ def train(config: TrainConfig, progress: Progress | None = None,
             generator, unwritable or existing output (without ``overwrite``/``resume``), resume with other
             settings; CancelledError when cancelled.
     """
-    import torch
-
     t_start = time.perf_counter()
+    _check_request(config)
+    paths = _check_output_folder(config)
+    recipe = _resolve_recipe(config)
+    dataset = _prepare_data(config, recipe, progress)
+    card_draft, model, device, pretrained_note, frozen = _build_model(config, recipe, dataset, paths)
+
+    augmentation = _augmentation_for(config.augmentation, dataset.classes)
+    maker = BatchMaker(dataset.train_samples, dataset.synthetic, dataset.fraction, dataset.synthetic_lookup,
+                       dataset.input_spec, recipe.spatial_dims, dataset.patch, augmentation,
+                       config.foreground_probability, config.synthetic_pool)
+    steps_per_epoch = config.steps_per_epoch or (math.ceil(len(dataset.train_samples) / config.batch_size)
+                                                 if dataset.train_samples else 100)
+    validation_sets = []
+    if dataset.val_samples:
+        validation_sets.append(("real-development", dataset.val_samples))
+    if dataset.synthetic_val:
+        validation_sets.append(("synthetic-held-out", dataset.synthetic_val))
+    session = start_session(config, model, device, maker, steps_per_epoch, recipe.spatial_dims, dataset.patch,
+                            dataset.classes, validation_sets, paths)
+    state = start_state(config, session)
+    elapsed_before = sum(float(h.get("seconds", 0.0)) for h in state.history)
+    run_epochs(config, session, state, progress, on_epoch)
+    if state.stopped_early:
+        logger.info("stopped early after epoch %d: no improvement for %d validations", len(state.history),
+                    state.bad_validations)
+    return _write_outputs(config, paths, dataset, session, state, card_draft, augmentation, pretrained_note,
+                          frozen, elapsed_before, t_start)
+
+
+def _check_request(config: TrainConfig) -> None:
+    """Refuse a run whose settings cannot work, before anything is read or written."""
     _default_name_check(config.name)
     if config.scheduler not in SCHEDULERS:
         raise MSKSegError(f"scheduler '{config.scheduler}' is unknown", f"use one of {', '.join(SCHEDULERS)}")
@@ -534,8 +462,11 @@ def train(config: TrainConfig, progress: Progress | None = None,
         raise MSKSegError("freezing the encoder needs pre-trained weights", "add --fine-tune CARD")
     if config.epochs < 0 or config.batch_size < 1:
         raise MSKSegError(f"epochs ({config.epochs}) must be >= 0 and batch size ({config.batch_size}) >= 1")
-    paths = _check_output_folder(config)
 
+
+def _resolve_recipe(config: TrainConfig) -> _Recipe:
+    """The base card (``fine_tune_from`` or ``model_card``), the dimensions and the architecture; the
+    architecture is built once here so that a bad one fails before the data is read."""
     fine_tune = _resolve_card(config.fine_tune_from)
     base = fine_tune or _resolve_card(config.model_card)
     dimensions = config.dimensions or (base.dimensions if base is not None else "2d")
@@ -549,8 +480,13 @@ def train(config: TrainConfig, progress: Progress | None = None,
     architecture = resolve_architecture(config.architecture) if (config.architecture is not None or base is None) \
         else json.loads(json.dumps(base.architecture))
     _check_architecture(architecture, spatial_dims)
+    return _Recipe(fine_tune, base, dimensions, spatial_dims, architecture)
 
-    # ------------------------------------------------------------------ data
+
+def _prepare_data(config: TrainConfig, recipe: _Recipe, progress: Progress | None) -> _Dataset:
+    """Read and split the labelled cases, prepare their samples, build the synthetic generator and its
+    held-out validation samples, and settle the patch size and the synthetic share of each batch."""
+    base, dimensions, spatial_dims = recipe.base, recipe.dimensions, recipe.spatial_dims
     case_paths = D.discover_cases(config.data) if config.data is not None else []
     picture_data = bool(case_paths) and all(str(p.image).lower().endswith(D.PICTURE_SUFFIXES) for p in case_paths)
     input_spec = _input_spec(config, base, dimensions, picture_data)
@@ -569,6 +505,27 @@ def train(config: TrainConfig, progress: Progress | None = None,
     if cases and not train_samples:
         raise MSKSegError("none of the training cases has a labelled slice",
                           "check that the label maps are not empty (or pass --all-slices)")
+    synthetic_lookup, synthetic_val = _synthetic_validation(config, synthetic, class_values, input_spec,
+                                                            spatial_dims)
+    if "patch_size" not in input_spec:
+        pool = [s.image for s in train_samples] or [s.image for s in synthetic_val]
+        if not pool and synthetic is not None:
+            pool = [D.synthetic_sample(synthetic, 0, input_spec, spatial_dims, synthetic_lookup)[0]]
+        input_spec["patch_size"] = _default_patch(pool, spatial_dims)
+    fraction = config.synthetic_fraction
+    if fraction is None:
+        fraction = 0.0 if synthetic is None else (1.0 if not train_samples else 0.5)
+    if synthetic is None and fraction > 0:
+        raise MSKSegError("--synthetic-fraction needs a generator (--synthetic NAME)")
+    return _Dataset(case_paths, input_spec, synthetic, cases, classes, train_names, val_names, train_samples,
+                    val_samples, synthetic_lookup, synthetic_val, input_spec["patch_size"], fraction)
+
+
+def _synthetic_validation(config: TrainConfig, synthetic: D.SyntheticData | None, class_values: Mapping[str, int],
+                          input_spec: Mapping[str, Any], spatial_dims: int
+                          ) -> tuple[np.ndarray | None, list[D.Sample]]:
+    """``(lookup from generator labels to class values, held-out validation samples)`` of the generator:
+    ``(None, [])`` without one. The samples are drawn from indices :data:`HELD_OUT_INDEX` on."""
     synthetic_lookup = None
     synthetic_val: list[D.Sample] = []
     if synthetic is not None:
@@ -578,30 +535,31 @@ def train(config: TrainConfig, progress: Progress | None = None,
             image, label = D.synthetic_sample(synthetic, HELD_OUT_INDEX + i, input_spec, spatial_dims,
                                               synthetic_lookup)
             synthetic_val.append(D.Sample(image.astype(np.float16), label, f"synthetic-{HELD_OUT_INDEX + i}"))
-    if "patch_size" not in input_spec:
-        pool = [s.image for s in train_samples] or [s.image for s in synthetic_val]
-        if not pool and synthetic is not None:
-            pool = [D.synthetic_sample(synthetic, 0, input_spec, spatial_dims, synthetic_lookup)[0]]
-        input_spec["patch_size"] = _default_patch(pool, spatial_dims)
-    patch = input_spec["patch_size"]
-    fraction = config.synthetic_fraction
-    if fraction is None:
-        fraction = 0.0 if synthetic is None else (1.0 if not train_samples else 0.5)
-    if synthetic is None and fraction > 0:
-        raise MSKSegError("--synthetic-fraction needs a generator (--synthetic NAME)")
+    return synthetic_lookup, synthetic_val
 
-    # ------------------------------------------------------------------ card draft and network
+
+def _build_model(config: TrainConfig, recipe: _Recipe, dataset: _Dataset, paths: Mapping[str, Path]
+                 ) -> tuple[dict[str, Any], torch.nn.Module, torch.device, dict[str, Any] | None, list[str]]:
+    """The card draft and the network on its device, seeded by ``config.seed``, with the fine-tuned card's
+    weights loaded and the encoder frozen when asked.
+
+    Returns:
+        ``(card draft, model, device, note on the pre-trained weights or None, frozen parameter names)``.
+    """
+    import torch
+
     from ..models import ModelCard, build_network
+    from ..models.networks import network_args
 
-    card_draft = draft_card(config, base, dimensions, input_spec, classes, architecture)
+    card_draft = draft_card(config, recipe.base, recipe.dimensions, dataset.input_spec, dataset.classes,
+                            recipe.architecture)
     draft = ModelCard.from_dict(card_draft, paths["card"])
     device = _device(config.device)
     torch.manual_seed(config.seed)
     model = build_network(draft)
-    from ..models.networks import network_args
-
     card_draft["architecture"]["args"] = network_args(draft)
     pretrained_note = None
+    fine_tune = recipe.fine_tune
     if fine_tune is not None:
         loaded, skipped = load_pretrained(model, fine_tune)
         pretrained_note = {"name": fine_tune.name, "version": fine_tune.version,
@@ -612,173 +570,52 @@ def train(config: TrainConfig, progress: Progress | None = None,
                         ", ".join(skipped[:4]))
     frozen: list[str] = []
     if config.freeze_encoder:
-        frozen = encoder_parameter_names(model, architecture["name"])
+        frozen = encoder_parameter_names(model, recipe.architecture["name"])
         for name, parameter in model.named_parameters():
             if name in set(frozen):
                 parameter.requires_grad_(False)
     model.to(device)
+    return card_draft, model, device, pretrained_note, frozen
 
-    augmentation = config.augmentation
+
+def _augmentation_for(augmentation: D.Augmentation, classes: Labels) -> D.Augmentation:
+    """``augmentation`` without left-right flips when class names say left/right."""
     if any(("left" in n or "right" in n) for n in classes.values()) and -1 in augmentation.flip_axes:
         augmentation = D.Augmentation(**{**augmentation.__dict__,
                                          "flip_axes": tuple(a for a in augmentation.flip_axes if a != -1)})
         logger.info("left-right flips switched off: class names say left/right")
-    maker = _BatchMaker(train_samples, synthetic, fraction, synthetic_lookup, input_spec, spatial_dims, patch,
-                        augmentation, config.foreground_probability, config.synthetic_pool)
-    steps_per_epoch = config.steps_per_epoch or (math.ceil(len(train_samples) / config.batch_size)
-                                                 if train_samples else 100)
-    total_steps = steps_per_epoch * config.epochs
+    return augmentation
 
-    from monai.losses import DiceCELoss
 
-    loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True,
-                         lambda_dice=float(config.dice_weight), lambda_ce=float(config.ce_weight))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _LearningRate(config.scheduler, total_steps))
-    use_amp = bool(config.amp) and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-
-    # ------------------------------------------------------------------ state (fresh or resumed)
-    rng = np.random.default_rng(config.seed)
-    fingerprint = config_fingerprint(config)
-    start_epoch, global_step, synthetic_index = 0, 0, 0
-    best_score, best_epoch, best_state, bad_validations = -math.inf, None, None, 0
-    history: list[dict[str, Any]] = []
-    stopped_early = False
-    if config.resume:
-        state = load_checkpoint(paths["checkpoint"])
-        saved = json.loads(state["config"])
-        differences = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
-        if differences:
-            raise MSKSegError(f"cannot resume: settings differ from the interrupted run ({', '.join(differences)})",
-                              "resume with exactly the settings of the first run, or start a new run")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        rng.bit_generator.state = json.loads(state["numpy_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if torch.cuda.is_available() and state.get("cuda_rng"):
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
-        synthetic_index = int(state["synthetic_index"])
-        best_score = float(state["best_score"])
-        best_epoch = state["best_epoch"]
-        best_state = state["best_state"]
-        bad_validations = int(state["bad_validations"])
-        stopped_early = bool(state["stopped_early"])
-        history = json.loads(state["history"])
-        logger.info("resuming %s after epoch %d", config.name, start_epoch)
-
-    validation_sets = []
-    if val_samples:
-        validation_sets.append(("real-development", val_samples))
-    if synthetic_val:
-        validation_sets.append(("synthetic-held-out", synthetic_val))
-    monitor = validation_sets[0][0] if validation_sets else None
-
-    # ------------------------------------------------------------------ loop
-    elapsed_before = sum(float(h.get("seconds", 0.0)) for h in history)
-    with _deterministic(config.deterministic):
-        epoch = start_epoch
-        while epoch < config.epochs and not stopped_early:
-            t_epoch = time.perf_counter()
-            data_seconds = 0.0
-            model.train()
-            losses = []
-            for step in range(steps_per_epoch):
-                t_data = time.perf_counter()
-                x, y, synthetic_index = maker.batch(rng, config.batch_size, synthetic_index)
-                data_seconds += time.perf_counter() - t_data
-                xb = torch.from_numpy(x).to(device)
-                yb = torch.from_numpy(y).unsqueeze(1).to(device)
-                optimizer.zero_grad(set_to_none=True)
-                if use_amp:
-                    with torch.autocast(device_type="cuda", dtype=torch.float16):
-                        loss = loss_fn(model(xb), yb)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss = loss_fn(model(xb), yb)
-                    loss.backward()
-                    optimizer.step()
-                scheduler.step()
-                global_step += 1
-                losses.append(float(loss.detach()))
-                if progress is not None:
-                    message = (f"epoch {epoch + 1}/{config.epochs} step {step + 1}/{steps_per_epoch} "
-                               f"loss {np.mean(losses):.4f}")
-                    if progress(global_step / max(total_steps, 1), message) is False:
-                        raise CancelledError(
-                            f"training cancelled in epoch {epoch + 1}",
-                            f"continue with resume (--resume) from the checkpoint of epoch {epoch} in "
-                            f"{paths['checkpoint'].parent}" if epoch else None)
-            row: dict[str, Any] = {"epoch": epoch + 1, "step": global_step,
-                                   "learning_rate": float(optimizer.param_groups[0]["lr"]),
-                                   "train_loss": float(np.mean(losses)) if losses else float("nan")}
-            validate = bool(validation_sets) and ((epoch + 1) % max(config.validate_every, 1) == 0
-                                                  or epoch + 1 == config.epochs)
-            if validate:
-                for kind, vset in validation_sets:
-                    predictions = _predict_samples(model, vset, spatial_dims, patch, device, use_amp,
-                                                   config.batch_size)
-                    per_class = _dice_per_class(predictions, vset, classes)
-                    prefix = "val" if kind == "real-development" else "synthetic_val"
-                    row[f"{prefix}_dice_mean"] = _mean_score(per_class)
-                    for name, value in per_class.items():
-                        row[f"{prefix}_dice_{name}"] = value
-                score = row["val_dice_mean" if monitor == "real-development" else "synthetic_val_dice_mean"]
-                if not math.isnan(score) and score > best_score + config.min_delta:
-                    best_score, best_epoch, bad_validations = score, epoch + 1, 0
-                    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                else:
-                    bad_validations += 1
-                    if config.patience is not None and bad_validations >= config.patience:
-                        stopped_early = True
-                model.train()
-            row["seconds"] = time.perf_counter() - t_epoch
-            row["data_seconds"] = data_seconds
-            history.append(row)
-            epoch += 1
-            if epoch % max(config.checkpoint_every, 1) == 0 or epoch == config.epochs or stopped_early:
-                save_checkpoint(paths["checkpoint"], {
-                    "format": CHECKPOINT_FORMAT, "config": json.dumps(fingerprint), "epoch": epoch,
-                    "global_step": global_step, "synthetic_index": synthetic_index,
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                    "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                    "best_score": best_score, "best_epoch": best_epoch, "best_state": best_state,
-                    "bad_validations": bad_validations, "stopped_early": stopped_early,
-                    "history": json.dumps(history)})
-            write_log(paths["log"], history)
-            if on_epoch is not None:
-                on_epoch(dict(row))
-    if stopped_early:
-        logger.info("stopped early after epoch %d: no improvement for %d validations", len(history), bad_validations)
-
-    # ------------------------------------------------------------------ outputs
-    final_state = best_state if best_state is not None else model.state_dict()
+def _write_outputs(config: TrainConfig, paths: Mapping[str, Path], dataset: _Dataset, session: Session,
+                   state: RunState, card_draft: dict[str, Any], augmentation: D.Augmentation,
+                   pretrained_note: dict[str, Any] | None, frozen: list[str], elapsed_before: float,
+                   t_start: float) -> TrainResult:
+    """Write the best weights (the last ones when never validated) and the finished model card; the card's
+    training time is ``elapsed_before`` (earlier parts of a resumed run) plus the time since ``t_start``."""
     from ..models import save_model_card, save_weights
 
+    model, best_epoch = session.model, state.best_epoch
+    final_state = state.best_state if state.best_state is not None else model.state_dict()
     sha = save_weights(final_state, paths["weights"], overwrite=True)
     model.load_state_dict(final_state)
-    timing = measure_inference(model, input_spec, spatial_dims, device, use_amp)
+    timing = measure_inference(model, dataset.input_spec, session.spatial_dims, session.device, session.use_amp)
     seconds = elapsed_before + (time.perf_counter() - t_start)
     card_draft["weights"] = {"file": paths["weights"].name, "sha256": sha, "format": "safetensors"}
     card_draft["training"] = training_section(
-        config, cases, train_names, val_names, train_samples, val_samples, synthetic, fraction, synthetic_index,
-        len(synthetic_val), history, best_epoch, stopped_early, steps_per_epoch, global_step, augmentation,
-        pretrained_note, frozen, device, seconds, case_paths, maker)
-    card_draft["validation"] = validation_section(history, best_epoch, classes, val_samples, val_names, config,
-                                                   synthetic, len(synthetic_val))
+        config, dataset.cases, dataset.train_names, dataset.val_names, dataset.train_samples, dataset.val_samples,
+        dataset.synthetic, dataset.fraction, state.synthetic_index, len(dataset.synthetic_val), state.history,
+        best_epoch, state.stopped_early, session.steps_per_epoch, state.global_step, augmentation,
+        pretrained_note, frozen, session.device, seconds, dataset.case_paths, session.maker)
+    card_draft["validation"] = validation_section(state.history, best_epoch, dataset.classes, dataset.val_samples,
+                                                  dataset.val_names, config, dataset.synthetic,
+                                                  len(dataset.synthetic_val))
     card_draft["timing"] = timing
     # Existing results were refused before training (unless overwrite): the card is this run's to write.
     card = save_model_card(card_draft, paths["card"], overwrite=True)
-    return TrainResult(paths["card"], paths["weights"], paths["log"], paths["checkpoint"], card, len(history),
-                       best_epoch, None if best_score == -math.inf else best_score, stopped_early, history, seconds)
+    return TrainResult(paths["card"], paths["weights"], paths["log"], paths["checkpoint"], card,
+                       len(state.history), best_epoch, None if state.best_score == -math.inf else state.best_score,
+                       state.stopped_early, state.history, seconds)
 
 
 def _check_architecture(architecture: Mapping[str, Any], spatial_dims: int) -> None:
