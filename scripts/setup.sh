@@ -35,8 +35,10 @@ install_torch() {
     python -m pip install --progress-bar on "torch==$TORCH_VERSION"
   else
     echo "installing torch $TORCH_VERSION, CPU build (no NVIDIA GPU found; about 200 MB)"
-    # a local CPU wheel first (offline machines, CI), then PyTorch's CPU index; never the default index's CUDA build
-    python -m pip install --no-index "torch==$TORCH_VERSION" >"$log" 2>&1 \
+    # "+cpu" first: found where pip's find-links or a mirror hold the CPU wheel (offline machines, CI), and
+    # refused at once by the default index, which has no CPU build for Linux; then PyTorch's CPU index.
+    # Never plain torch==X from the default index: on Linux that is the CUDA build.
+    python -m pip install --progress-bar on "torch==$TORCH_VERSION+cpu" 2>"$log" \
       || python -m pip install --progress-bar on --timeout 60 --retries 2 "torch==$TORCH_VERSION" \
            --index-url "$CPU_INDEX" --extra-index-url https://pypi.org/simple
   fi
