@@ -118,18 +118,10 @@ class CohortPanel:
             owner.ensureDependencies()
             options = owner.logic.cohortOptions(owner._parameterNode)
             self.showTable(out)
-            run = CohortRun(owner.logic.TASK, source, out, options, workers=int(self.workersBox.value),
-                            progress_bar=owner.ui.progressBar, status_label=owner.ui.statusLabel,
-                            on_case=self.onCase, on_done=self.onDone, on_failed=owner.onBackgroundFailed,
-                            on_finished=owner.onBackgroundFinished)
-            owner._backgroundRun = run
-            try:
-                run.start()
-            except BaseException:
-                owner._backgroundRun = None
-                raise
-            finally:
-                owner.updateButtonStates()
+            owner.startBackgroundRun(CohortRun(
+                owner.logic.TASK, source, out, options, workers=int(self.workersBox.value),
+                progress_bar=owner.ui.progressBar, status_label=owner.ui.statusLabel, on_case=self.onCase,
+                on_done=self.onDone, on_failed=owner.onBackgroundFailed, on_finished=owner.onBackgroundFinished))
 
     def onCase(self, event: dict) -> None:
         """A case ended: put it in the table (replacing its earlier row)."""

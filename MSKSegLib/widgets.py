@@ -353,10 +353,14 @@ class TaskWidgetMixin:
         status line and Cancel follow it, and :meth:`onBackgroundDone` loads its result."""
         from . import background
 
-        run = background.BackgroundRun(
+        self.startBackgroundRun(background.BackgroundRun(
             self.logic.TASK, volumeNode, options, progress_bar=self.ui.progressBar, status_label=self.ui.statusLabel,
             on_done=lambda folder: self.onBackgroundDone(volumeNode, folder), on_failed=self.onBackgroundFailed,
-            on_finished=self.onBackgroundFinished)
+            on_finished=self.onBackgroundFinished))
+
+    def startBackgroundRun(self, run: Any) -> None:
+        """Start ``run`` (a ``BackgroundRun`` or ``CohortRun``) as the panel's one run under way: Cancel stops
+        it, the other buttons wait for it."""
         self._backgroundRun = run
         try:
             run.start()
