@@ -296,8 +296,9 @@ def summarise(results: list[CaseResult]) -> list[str]:
     lines = []
     for r in results:
         keys = list(dict.fromkeys(k for row in r.rows for k in row.values))
-        means = {k: np.nanmean([row.values.get(k, np.nan) if row.values.get(k) is not None else np.nan
-                                for row in r.rows]) for k in keys}
+        columns = {k: np.asarray([np.nan if row.values.get(k) is None else row.values[k] for row in r.rows], float)
+                   for k in keys}
+        means = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in columns.items()}
         cells = ", ".join(f"{k} {v:.3%}" if "_as_" in k else f"{k} {v:.3g}" for k, v in means.items()
                           if np.isfinite(v))
         lines.append(f"{r.name} ({len(r.rows)} slices, {r.seconds:.1f} s): {cells}")
