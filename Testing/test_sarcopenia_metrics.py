@@ -398,11 +398,20 @@ def test_height_in_centimetres_is_refused_with_a_hint_about_metres():
 
 @pytest.mark.parametrize("kwargs, words", [
     ({"weight_kg": 820}, "kilograms"), ({"weight_kg": -3}, "kilograms"), ({"height_m": 0.1}, "metres"),
+    ({"height_m": 0.5}, "not a plausible height"), ({"weight_kg": 12}, "not a plausible weight"),
     ({"sex": "X"}, "'M' or 'F'"), ({"height_m": "tall"}, "not a number"), ({"age_years": 200}, "years"),
 ])
 def test_implausible_user_values_are_refused(kwargs, words):
     with pytest.raises(MSKSegError, match=words):
         patient_from_metadata({}, **kwargs)
+
+
+def test_the_patient_line_names_each_value_and_its_source():
+    patient = patient_from_metadata({"PatientSize": 1.78, "PatientWeight": 82.0, "PatientSex": "M"}, weight_kg=80)
+    assert patient.describe() == "male (DICOM), 1.78 m (DICOM), 80 kg (given), BMI 25.2"
+    assert patient_from_metadata({}).describe() == "sex unknown, height unknown, weight unknown"
+    with pytest.raises(MSKSegError, match="PatientSize 0.5 is not a plausible height"):
+        patient_from_metadata({"PatientSize": 0.5})  # a wrong header is refused too, not measured
 
 
 def test_dicom_age_strings():

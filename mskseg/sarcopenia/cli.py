@@ -157,6 +157,8 @@ def _print_result(result: Any, written: list[Path], t_read: float, t_write: floa
     if getattr(l3, "levels", None):
         print("levels     " + ", ".join(f"{n} {k}" for n, k in sorted(l3.levels.items(), key=lambda t: -t[1])))
     print(f"tissues    {result.tissue_method} on {len(result.slices)} slice(s) {result.slices}")
+    if hasattr(result.patient, "describe"):
+        print(f"patient    {result.patient.describe()}")
 
     def fmt(key: str, unit: str, digits: int = 1) -> str:
         value = row.get(key)

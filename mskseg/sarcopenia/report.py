@@ -223,7 +223,6 @@ def _metric_lines(result: Any, row: dict[str, Any]) -> list[tuple[str, str, str]
     smi = _number(row.get("SMI_cm2_m2"))
     smi_text = f"{smi:.1f} cm²/m²" if smi is not None else "– " + _reason(row, "SMI_reason", "height unknown")
     ratio = _number(row.get("VAT_SAT_ratio"))
-    bmi = _number(row.get("BMI"))
     patient = getattr(result, "patient", None)
     lines = [
         ("Skeletal muscle area (SMA)", area("SMA_cm2", "SMD_HU", "SM_sd_HU").split("   ")[0], "white"),
@@ -241,16 +240,8 @@ def _metric_lines(result: Any, row: dict[str, Any]) -> list[tuple[str, str, str]
         if _number(row.get(f"{name}_cm2")) is not None:
             lines.append(("  " + name.replace("_", " ").capitalize(), area(f"{name}_cm2", f"{name}_mean_HU", "-"),
                           "white"))
-    patient_bits = []
-    if patient is not None:
-        if getattr(patient, "sex", None):
-            patient_bits.append({"M": "male", "F": "female"}.get(patient.sex, str(patient.sex)))
-        if getattr(patient, "height_m", None):
-            patient_bits.append(f"{patient.height_m:.2f} m")
-        if getattr(patient, "weight_kg", None):
-            patient_bits.append(f"{patient.weight_kg:.0f} kg")
-    lines.append(("Patient", ", ".join(patient_bits) + (f", BMI {bmi:.1f}" if bmi is not None else "")
-                  if patient_bits else "sex, height, weight unknown", "white"))
+    lines.append(("Patient", patient.describe() if hasattr(patient, "describe") else "sex, height, weight unknown",
+                  "white"))
     flags = _flags(result, row)
     cutoff = getattr(result, "cutoff_set", "")
     lines.append((f"Low SMI ({cutoff})", *_flag_text(flags, "sarcopenia", "sarcopenia_rule", "sarcopenia_reason")))

@@ -19,9 +19,10 @@ from typing import Any, Mapping
 
 from ..errors import MSKSegError
 
-#: Plausible adult and paediatric ranges; values outside them are almost always a unit mistake.
-HEIGHT_RANGE_M = (0.4, 2.6)
-WEIGHT_RANGE_KG = (2.0, 400.0)
+#: Plausible adult ranges (the cut-offs are published for adults); values outside them are almost always a unit
+#: mistake or a wrong header (a height of 0.5 m is not an adult patient).
+HEIGHT_RANGE_M = (1.0, 2.5)
+WEIGHT_RANGE_KG = (25.0, 350.0)
 AGE_RANGE_YEARS = (0.0, 130.0)
 
 #: The visceral fat window many studies use instead of the default -150..-50 HU.
@@ -149,6 +150,20 @@ class PatientInfo:
         if self.height_m is None or self.weight_kg is None:
             return None
         return self.weight_kg / self.height_m ** 2
+
+    def describe(self) -> str:
+        """One line for the terminal and the report: each value and where it came from, e.g.
+        ``male (DICOM), 1.78 m (DICOM), 82 kg (given), BMI 25.9``; unknown values are named."""
+        def source(name: str) -> str:
+            where = self.sources.get(name, "")
+            return " (given)" if where == "user" else " (DICOM)" if where.startswith("DICOM") else ""
+
+        parts = [f"{'male' if self.sex == 'M' else 'female'}{source('sex')}" if self.sex else "sex unknown",
+                 f"{self.height_m:.2f} m{source('height_m')}" if self.height_m is not None else "height unknown",
+                 f"{self.weight_kg:.0f} kg{source('weight_kg')}" if self.weight_kg is not None else "weight unknown"]
+        if self.bmi is not None:
+            parts.append(f"BMI {self.bmi:.1f}")
+        return ", ".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
         """Height, weight, sex, age, BMI and the source of each value (JSON-ready)."""
