@@ -89,6 +89,7 @@ class SarcopeniaSegParameterNode(MSKSegLib.TaskParameters):
     slabSlices: Annotated[int, WithinRange(1, 15)] = 1
     muscleGroups: bool = False
     tissueMethod: Annotated[str, Choice(TISSUE_METHODS)] = "auto"
+    levelNames: str = ""  # empty: the slice the views show; else level names or "all"
 
 
 class SarcopeniaSegWidget(MSKSegLib.TaskWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -174,13 +175,18 @@ class SarcopeniaSegLogic(MSKSegLib.TaskLogicMixin, ScriptedLoadableModuleLogic):
         return int(getattr(found, "index", found))
 
     def workerOptions(self, parameters: SarcopeniaSegParameterNode) -> list[str]:
-        """Options of ``mskseg sarcopenia`` for Apply's background run: the slice the views show (Find L3 puts
-        them on L3; the user may move them), else the one Find L3 found, else "auto" (find L3 first)."""
+        """Options of ``mskseg sarcopenia`` for Apply's background run: the level names typed in Levels, else the
+        slice the views show (Find L3 puts them on L3; the user may move them), else the one Find L3 found, else
+        "auto" (find L3 first)."""
         MSKSegLib.require_volume(parameters.inputVolume)
-        index = self.shownSliceIndex(parameters.inputVolume)
-        if index is None:
-            index = parameters.inputVolume.GetAttribute("MSKSeg.L3.Index")
-        options = ["--levels", "auto" if index is None else str(int(index)), "--slab", str(parameters.slabSlices),
+        if parameters.levelNames.strip():
+            levels = parameters.levelNames.strip()
+        else:
+            index = self.shownSliceIndex(parameters.inputVolume)
+            if index is None:
+                index = parameters.inputVolume.GetAttribute("MSKSeg.L3.Index")
+            levels = "auto" if index is None else str(int(index))
+        options = ["--levels", levels, "--slab", str(parameters.slabSlices),
                    "--method", parameters.tissueMethod, "--device", parameters.device]
         if parameters.modelCard:
             options += ["--model", str(parameters.modelCard)]
@@ -190,7 +196,8 @@ class SarcopeniaSegLogic(MSKSegLib.TaskLogicMixin, ScriptedLoadableModuleLogic):
         """Options of ``mskseg sarcopenia`` for a cohort: L3 found in every study, the panel's slab, tissue
         method, model, muscle groups, cut-off set and device (height, weight and sex from each study's DICOM
         header or the cohort's manifest)."""
-        options = ["--levels", "auto", "--slab", str(parameters.slabSlices), "--method", parameters.tissueMethod,
+        options = ["--levels", parameters.levelNames.strip() or "auto", "--slab", str(parameters.slabSlices),
+                   "--method", parameters.tissueMethod,
                    "--cutoffs", parameters.cutoffSet, "--device", parameters.device]
         if parameters.modelCard:
             options += ["--model", str(parameters.modelCard)]

@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from mskseg.cli import main
-from mskseg.errors import InvalidImageError
+from mskseg.errors import InvalidImageError, MSKSegError
 from mskseg.io.dicomwrite import write_dicom_series
 from mskseg.sarcopenia.cutoffs import CUTOFF_SETS
 from mskseg.sarcopenia.pipeline import STEPS, run_sarcopenia, slab_slices
@@ -70,6 +70,75 @@ def test_result_is_on_the_source_grid_and_is_the_map_as_measured(torso_ct, true_
     pixel_cm2 = torso_ct.spacing[0] * torso_ct.spacing[1] / 100
     muscle_pixels = int((result.labelmap.array[result.l3.index] == 1).sum())
     assert row["SMA_cm2"] == pytest.approx(muscle_pixels * pixel_cm2)  # the exported map is the map measured
+
+
+# ------------------------------------------------------------------------------------------------ levels by name
+def test_level_names_are_read_as_users_write_them():
+    from mskseg.sarcopenia.pipeline import parse_level_names
+
+    assert parse_level_names("L3") == ["L3"]
+    assert parse_level_names("t12, L1,l4") == ["T12", "L1", "L4"]
+    assert parse_level_names(["L1", "L1", "vertebrae_L2"]) == ["L1", "L2"]
+    assert parse_level_names("ALL") == ["all"] and parse_level_names(None) is None
+    for bad in ("X9", "C5", "S1", "L3;L4", "all,L3"):
+        with pytest.raises(MSKSegError, match="not a thoracic or lumbar vertebra"):
+            parse_level_names(bad)
+
+
+def test_command_line_levels_mean_names_all_auto_or_a_slice():
+    from mskseg.sarcopenia.cli import _levels
+
+    assert _levels("auto") == {"level_index": None}
+    assert _levels("57") == {"level_index": 57}
+    assert _levels("all") == {"level_index": None, "levels": ["all"]}
+    assert _levels("T12,L1,L4") == {"level_index": None, "levels": ["T12", "L1", "L4"]}
+    with pytest.raises(MSKSegError, match="neither 'auto', level names"):
+        _levels("third lumbar")
+
+
+def test_every_level_in_view_gets_its_own_rows(torso_ct, torso_result):
+    from mskseg.sarcopenia.pipeline import ALL_LEVELS, summarise_sarcopenia
+
+    result = run_sarcopenia(torso_ct, levels="all", method="rules", device="cpu", slab=3)
+    found = torso_result.l3.levels
+    expected = [n for n in ALL_LEVELS if n in found]
+    assert list(result.level_slices) == expected and len(expected) >= 5  # T11 to S1 in view
+    for name, slices in result.level_slices.items():
+        assert slices[1] == found[name] and len(slices) == 3  # a slab of 3 centred on each level
+        mine = [row for row in result.rows if row["level"] == name]
+        assert [row["row"] for row in mine] == ["slice", "slice", "slice", "mean"]
+    assert result.headline_level == "L3" and result.headline_row()["level"] == "L3"
+    assert result.headline_row()["row"] == "mean"
+    assert summarise_sarcopenia(result)["SMA_cm2"] == result.level_rows()["L3"]["SMA_cm2"]
+    assert result.labelmap.same_grid(torso_ct)
+    measured = {k for ks in result.level_slices.values() for k in ks}
+    assert set(np.nonzero(np.asarray(result.labelmap.array).any(axis=(1, 2)))[0]) <= measured
+
+
+def test_level_l3_by_name_measures_what_the_default_measures(torso_ct, torso_result):
+    by_name = run_sarcopenia(torso_ct, levels="L3", method="rules", device="cpu")
+    assert by_name.rows == torso_result.rows
+    assert np.array_equal(by_name.labelmap.array, torso_result.labelmap.array)
+
+
+def test_levels_out_of_view_are_named_and_none_in_view_is_an_error(torso_ct):
+    result = run_sarcopenia(torso_ct, levels="T9,L2", method="rules", device="cpu")
+    assert list(result.level_slices) == ["L2"] and result.headline_level == "L2"
+    assert any("T9 is not in the field of view" in w for w in result.warnings)
+    with pytest.raises(MSKSegError, match="none of the levels T5, T6 is in the field of view"):
+        run_sarcopenia(torso_ct, levels="T5,T6", method="rules", device="cpu")
+
+
+def test_levels_all_through_the_command(tmp_path, torso_ct, capsys):
+    from mskseg.io.writers import write_image
+
+    ct = write_image(tmp_path / "ct.nii.gz", torso_ct)
+    status, out, err = run_cli("sarcopenia", ct, "--levels", "L1,L3", "--method", "rules", "--out", tmp_path / "o",
+                               capsys=capsys)
+    assert status == 0, err
+    assert "at L1 " in out and "at L3 " in out and "headline   L3" in out
+    rows = json.loads((tmp_path / "o" / "metrics.json").read_text())["rows"]
+    assert [r["level"] for r in rows] == ["L1", "L3"]
 
 
 def test_users_slice_is_measured_as_given_with_method_user(torso_ct):

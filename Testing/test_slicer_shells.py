@@ -41,7 +41,7 @@ MODULES = ("SarcopeniaSeg", "BoneSeg", "SpineSeg")
 TASKS = {"SarcopeniaSeg": "sarcopenia", "BoneSeg": "bone", "SpineSeg": "spine"}
 TITLES = {"SarcopeniaSeg": "Sarcopenia Segmentation", "BoneSeg": "Bone Segmentation", "SpineSeg": "Spine Segmentation"}
 COMMON_FIELDS = {"inputVolume", "modelCard", "device", "outputSegmentation", "exportFolder", "overwrite"}
-SARCOPENIA_FIELDS = {"height_m", "weight_kg", "sex", "cutoffSet", "slabSlices", "muscleGroups", "tissueMethod"}
+SARCOPENIA_FIELDS = {"height_m", "weight_kg", "sex", "cutoffSet", "slabSlices", "muscleGroups", "tissueMethod", "levelNames"}
 #: Top-level imports a module file may have: Slicer starts every module at start-up, so nothing heavy.
 ALLOWED_TOP_IMPORTS = {"importlib.util", "os", "pathlib", "sys", "typing", "__future__", "vtk", "slicer",
                        "slicer.parameterNodeWrapper", "slicer.ScriptedLoadableModule", "slicer.util",
@@ -856,13 +856,20 @@ def test_worker_options_are_the_panel_choices_in_the_tasks_own_command_line(slic
     logic = _load_module("SarcopeniaSeg", monkeypatch).SarcopeniaSegLogic()
     volume = SimpleNamespace(GetAttribute=lambda name: "17" if name == "MSKSeg.L3.Index" else None)
     parameters = SimpleNamespace(inputVolume=volume, slabSlices=3, tissueMethod="rules", device="cpu",
-                                 muscleGroups=True, modelCard="")
+                                 muscleGroups=True, modelCard="", levelNames="", cutoffSet="Prado 2008")
     logic.shownSliceIndex = lambda node: None  # the views are not on the volume: Find L3's slice is used
     options = task_options(get_task("sarcopenia"), logic.workerOptions(parameters))
     assert (options["level_index"], options["slab"], options["method"], options["device"],
             options["muscle_groups"]) == (17, 3, "rules", "cpu", True)
     logic.shownSliceIndex = lambda node: 21  # the slice the user moved the views to wins
     assert task_options(get_task("sarcopenia"), logic.workerOptions(parameters))["level_index"] == 21
+    parameters.levelNames = " T12,L3 "  # level names typed in the panel win over the slice shown
+    options = task_options(get_task("sarcopenia"), logic.workerOptions(parameters))
+    assert options["levels"] == ["T12", "L3"] and options["level_index"] is None
+    cohort = task_options(get_task("sarcopenia"), logic.cohortOptions(parameters))  # a cohort: names, not a slice
+    assert cohort["levels"] == ["T12", "L3"] and cohort["cutoff_set"] == "Prado 2008" and cohort["slab"] == 3
+    parameters.levelNames = ""
+    assert task_options(get_task("sarcopenia"), logic.cohortOptions(parameters))["level_index"] is None
 
     card = tmp_path / "bone.card.json"
     card.write_text("{}")

@@ -47,6 +47,8 @@ examples:
   mskseg sarcopenia ct-folder/ --height 1.72 --weight 68 --sex F --out results/
   mskseg sarcopenia ct.nii.gz --cutoffs "Derstine 2018" --slab 3 --out results/
   mskseg sarcopenia ct-folder/ --levels 57 --out results/      measure slice 57 (the user's L3 slice)
+  mskseg sarcopenia ct-folder/ --levels all --out results/     every level from T12 to L5 in view, a row each
+  mskseg sarcopenia ct-folder/ --levels T12,L1,L4 --out results/
   mskseg sarcopenia chest-ct/ --allow-fallback --out results/  L3 outside the field of view: use the
                                                next level of Derstine 2018's order L2, L4, L5, L1, T12, T11, T10
 
@@ -77,8 +79,10 @@ def add_sarcopenia_arguments(s: argparse.ArgumentParser) -> None:
     options = s.add_argument_group("measurement")
     options.add_argument("--cutoffs", default="Martin 2013", metavar="NAME",
                          help="cut-off set for the flags (default: Martin 2013; listed below)")
-    options.add_argument("--levels", default="auto", metavar="auto|INDEX",
-                         help="auto: find L3 (default); a slice index k: measure that slice (method 'user')")
+    options.add_argument("--levels", default="auto", metavar="auto|NAMES|all|INDEX",
+                         help="auto: find L3 (default); level names: L3, or T12,L1,L4 (one set of rows per level); "
+                              "all: every level from T12 to L5 in view; a slice index k: measure that slice "
+                              "(method 'user')")
     options.add_argument("--slab", type=int, default=1, metavar="N",
                          help="slices centred on the level to measure; the mean row averages them (default 1)")
     options.add_argument("--method", choices=["auto", "network", "rules"], default="auto",
@@ -143,7 +147,7 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     from .cutoffs import get_cutoff_set
 
     return {"height_m": args.height, "weight_kg": args.weight, "sex": args.sex,
-            "cutoff_set": get_cutoff_set(args.cutoffs).name, "level_index": _level_index(args.levels),
+            "cutoff_set": get_cutoff_set(args.cutoffs).name, **_levels(args.levels),
             "slab": args.slab, "method": args.method, "muscle_groups": args.muscle_groups,
             "allow_fallback": args.allow_fallback, "settings": _settings(args.vat_window), "device": args.device,
             "model": getattr(args, "model", None)}
@@ -164,6 +168,12 @@ def _print_result(result: Any, written: list[Path], t_read: float, t_write: floa
         value = row.get(key)
         return f"{value:.{digits}f} {unit}" if isinstance(value, (int, float)) else "-"
 
+    if len(result.level_slices) > 1:
+        for name, level_row in result.level_rows().items():
+            print(f"at {name:7s} SMA {_cell(level_row, 'SMA_cm2')}  SMI {_cell(level_row, 'SMI_cm2_m2')}  "
+                  f"SAT {_cell(level_row, 'SAT_cm2')}  VAT {_cell(level_row, 'VAT_cm2')}  IMAT {_cell(level_row, 'IMAT_cm2')}"
+                  f"  (slice {level_row.get('slice_index') if level_row.get('row') != 'mean' else result.level_slices[name]})")
+        print(f"headline   {result.headline_level}:")
     print(f"SMA        {fmt('SMA_cm2', 'cm2')}   SMD {fmt('SMD_HU', 'HU')}   SMI {fmt('SMI_cm2_m2', 'cm2/m2')}"
           + (f" ({row.get('SMI_reason')})" if row.get("SMI_cm2_m2") is None and row.get("SMI_reason") else ""))
     print(f"fat        SAT {fmt('SAT_cm2', 'cm2')}   VAT {fmt('VAT_cm2', 'cm2')}   IMAT {fmt('IMAT_cm2', 'cm2')}"
@@ -180,6 +190,11 @@ def _print_result(result: Any, written: list[Path], t_read: float, t_write: floa
     print(f"time       read {t_read:.2f} s, {steps}, files {t_write:.2f} s")
 
 
+def _cell(row: dict[str, Any], key: str) -> str:
+    value = row.get(key)
+    return f"{value:.1f}" if isinstance(value, (int, float)) else "-"
+
+
 def _settings(vat_window: str | None):
     from .settings import BodyCompSettings
 
@@ -192,15 +207,24 @@ def _settings(vat_window: str | None):
     return BodyCompSettings(vat_hu=(low, high))
 
 
-def _level_index(levels: str) -> int | None:
-    text = str(levels).strip().lower()
-    if text in ("", "auto"):
-        return None
+def _levels(levels: str) -> dict[str, Any]:
+    """``--levels`` as options of run_sarcopenia: ``auto`` (L3 found), names or ``all`` (``levels``), or a slice
+    index (``level_index``)."""
+    from .pipeline import parse_level_names
+
+    text = str(levels).strip()
+    if text.lower() in ("", "auto"):
+        return {"level_index": None}
     try:
-        return int(text)
+        return {"level_index": int(text)}
     except ValueError:
-        raise MSKSegError(f"--levels '{levels}' is neither 'auto' nor a slice index",
-                          "e.g. --levels auto, or --levels 57 to measure slice 57") from None
+        pass
+    try:
+        return {"level_index": None, "levels": parse_level_names(text)}
+    except MSKSegError:
+        raise MSKSegError(f"--levels '{levels}' is neither 'auto', level names, 'all' nor a slice index",
+                          "e.g. --levels auto, --levels L3, --levels T12,L1,L4, --levels all, or --levels 57 to "
+                          "measure slice 57") from None
 
 
 def _check_out(out: Path, overwrite: bool) -> None:

@@ -25,12 +25,12 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..engine import CancelToken, Progress
-from ..errors import InvalidImageError
+from ..errors import InvalidImageError, MSKSegError
 from ..image import Image
 from ..io.common import Labels, flat_rows, to_jsonable
 from ..orientation import Reorientation, labelmap_to_source, to_canonical
@@ -79,6 +79,8 @@ class SarcopeniaResult:
         warnings: everything the user should check (level uncertainty, fall-back level, disagreements).
         timings: seconds per step (``validate``, ``locate``, ``segment``, ``measure``).
         canonical: the same run in the canonical orientation (:class:`CanonicalView`), for the report.
+        level_slices: level name -> the slices measured there (head to foot order of the request); one entry
+            unless levels were asked for by name.
 
     Slice indices (``l3.index``, ``l3.levels``, ``slices``, the rows' ``slice_index``) count along the stored
     volume's axial axis (:attr:`mskseg.orientation.Reorientation.axial_axis`).
@@ -97,6 +99,7 @@ class SarcopeniaResult:
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     canonical: CanonicalView | None = None
+    level_slices: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def rows(self) -> list[dict[str, Any]]:
@@ -118,10 +121,21 @@ class SarcopeniaResult:
         """How the slice was found: ``"user"`` or the detector's method."""
         return str(getattr(self.l3, "method", ""))
 
+    @property
+    def headline_level(self) -> str:
+        """The level that stands for the result: L3 when it was measured, else the first level measured."""
+        names = list(self.level_slices) or [str(getattr(self.l3, "level", "L3"))]
+        return "L3" if "L3" in names else names[0]
+
     def headline_row(self) -> dict[str, Any]:
-        """The row that stands for the result: the ``mean`` row over a slab, else the single slice's row."""
-        rows = self.rows
-        return next((row for row in rows if row.get("row") == "mean"), rows[-1] if rows else {})
+        """The row that stands for the result: at :attr:`headline_level`, the ``mean`` row over a slab, else the
+        single slice's row."""
+        return level_row(self.rows, self.headline_level if len(self.level_slices) > 1 else None)
+
+    def level_rows(self) -> dict[str, dict[str, Any]]:
+        """Level name -> its row (the slab mean, or the single slice), in the order measured."""
+        return {name: level_row(self.rows, name) for name in self.level_slices} if self.level_slices else \
+            {self.headline_level: self.headline_row()}
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready account of the whole run (for ``metrics.json``): level, method, windows, patient,
@@ -137,6 +151,7 @@ class SarcopeniaResult:
                 "cross_check": to_jsonable(getattr(l3, "cross_check", {}) or {}),
             },
             "slices": list(self.slices),
+            "levels_measured": {name: list(ks) for name, ks in self.level_slices.items()},
             "tissue_method": self.tissue_method,
             "tissue_cross_check": to_jsonable(self.tissue_cross_check),
             "settings": to_jsonable(settings),
@@ -157,6 +172,7 @@ def run_sarcopenia(
     cutoff_set: str = "Martin 2013",
     level_index: int | None = None,
     level: Any = None,
+    levels: Sequence[str] | str | None = None,
     slab: int = 1,
     method: str = "auto",
     muscle_groups: bool = False,
@@ -178,6 +194,9 @@ def run_sarcopenia(
         level_index: the slice to measure, chosen by the user, counted along the stored volume's axial axis
             (then no detection runs and the level method is ``"user"``); None finds L3 automatically.
         level: an ``L3Result`` found earlier for this image (Slicer's Find L3), used instead of detecting again.
+        levels: vertebral levels to measure by name instead of L3 alone: names (``["T12", "L1", "L4"]`` or
+            ``"T12,L1,L4"``) or ``"all"`` (every level from T12 to L5 in view); one slab per level, one set of
+            rows per level. Levels outside the field of view are named in the warnings.
         slab: number of slices centred on the level to segment and measure (the mean row averages them).
         method: tissue segmentation ``"auto"`` (network when a model is installed, else rules),
             ``"network"`` or ``"rules"``.
@@ -209,13 +228,17 @@ def run_sarcopenia(
     runner = StepRunner(STEP_WEIGHTS, progress, cancel_token, what="body-composition analysis")
 
     with runner.step("validate", "checking the CT"):
+        wanted = parse_level_names(levels)
+        if wanted is not None and level_index is not None:
+            raise MSKSegError("give either level names or a slice index, not both",
+                              "e.g. --levels L3, --levels T12,L1,L4, --levels all, or --levels 57 for slice 57")
         if slab < 1:
             raise InvalidImageError(f"slab of {slab} slices: at least one slice is measured",
                                     "use --slab 1 for the L3 slice alone, or an odd number such as 3 or 5")
         settings = settings if settings is not None else BodyCompSettings()
         check_ct(image)  # a CT volume in HU, before anything else (2D images get their own message)
         canon, how = to_canonical(image)
-        if level_index is None and level is None:
+        if level_index is None and (level is None or wanted is not None):
             l3_module.check_ct_for_l3(canon)  # usable spacing, not thorax only
         elif level_index is not None:  # the user chose the slice: any CT volume in HU will do
             _check_level_index(image, level_index, how)
@@ -228,16 +251,26 @@ def run_sarcopenia(
             l3 = level_to_canonical(level, how)
         elif level_index is None:
             l3 = l3_module.detect_l3(canon, device=device, progress=report, cancel_token=cancel_token,
-                                     allow_fallback=allow_fallback)
+                                     allow_fallback=allow_fallback or wanted is not None)
         else:
             l3 = user_level(canon, how.canonical_slice(level_index))
         warnings += [str(w) for w in (getattr(l3, "warnings", None) or [])]
         if getattr(l3, "fallback_used", False) and not any("field of view" in w for w in warnings):
             warnings.insert(0, f"L3 is not in the field of view: measured at {l3.level} instead (fall-back order "
                                "L2, L4, L5, L1, T12, T11, T10); L3 cut-offs do not apply to this level")
-        slices, clipped = slab_slices(int(l3.index), slab, canon.array.shape[0])
-        if clipped:
-            warnings.append(f"the slab of {slab} slices reaches the edge of the volume: {len(slices)} slices measured")
+        if wanted is None:
+            by_level = {str(getattr(l3, "level", "L3")): int(l3.index)}
+        else:
+            by_level, missing = named_levels(l3, wanted)
+            warnings = [w for w in warnings if "not in the field of view" not in w or "L3" not in wanted]
+            warnings += missing
+        level_slices: dict[str, list[int]] = {}
+        for name, centre in by_level.items():
+            level_slices[name], clipped = slab_slices(centre, slab, canon.array.shape[0])
+            if clipped:
+                warnings.append(f"the slab of {slab} slices at {name} reaches the edge of the volume: "
+                                f"{len(level_slices[name])} slices measured")
+        slices = sorted({k for ks in level_slices.values() for k in ks})
 
     with runner.step("segment", "segmenting tissues") as report:
         tissue = segment_tissues(canon, slices, method=method, settings=settings, device=device, progress=report,
@@ -250,17 +283,18 @@ def run_sarcopenia(
             labelmap, labels = paint_muscle_groups(labelmap, labels, tissue.group_labelmap, tissue.group_labels)
 
     with runner.step("measure", "measuring"):
-        level_name = str(getattr(l3, "level", "L3"))
         source = "user" if level_index is not None else \
             f"{l3.method} (confidence {float(getattr(l3, 'confidence', 0.0)):.2f})"
-        metrics = measure_slab(canon, labelmap, labels, slices, patient, settings, cutoff_set, level=level_name,
-                               method=str(tissue.method), slice_source=source, to_source=how.source_slice)
+        metrics = combine_levels({name: measure_slab(
+            canon, labelmap, labels, ks, patient, settings, cutoff_set, level=name, method=str(tissue.method),
+            slice_source=source, to_source=how.source_slice) for name, ks in level_slices.items()})
         warnings += [str(w) for w in (getattr(metrics, "warnings", None) or [])]
 
     view = CanonicalView(canon, labelmap, slices, l3, how)
     return SarcopeniaResult(
         labelmap=labelmap_to_source(labelmap, image, how), labels=labels, l3=level_to_source(l3, how),
         slices=sorted(how.source_slice(k) for k in slices), metrics=metrics, tissue_method=str(tissue.method),
+        level_slices={name: sorted(how.source_slice(k) for k in ks) for name, ks in level_slices.items()},
         settings=settings, patient=patient, cutoff_set=cutoff_set,
         tissue_cross_check=dict(getattr(tissue, "cross_check", None) or {}),
         warnings=list(dict.fromkeys(_source_slice_numbers(w, how.source_slice) for w in warnings)),
@@ -480,6 +514,77 @@ def windowed_labelmap(image: Image, labelmap: Image, labels: Labels, slices: lis
     for k in slices:
         array[k] = apply_windows(hu[k], array[k], settings, labels)
     return labelmap.with_array(array)
+
+
+#: Levels ``levels="all"`` measures when in view (Comp2Comp's T12-L5).
+ALL_LEVELS = ("T12", "L1", "L2", "L3", "L4", "L5")
+
+
+def parse_level_names(levels: Sequence[str] | str | None) -> list[str] | None:
+    """Level names to measure from ``"L3"``, ``"T12,L1,L4"``, ``["T12", "L1"]`` or ``"all"`` (None: L3 as
+    detected, with its fall-back rules).
+
+    Raises:
+        MSKSegError: a name that is not a thoracic or lumbar vertebra (T1-T13, L1-L6).
+    """
+    from ..anatomy import vertebra_from_name
+
+    if levels is None:
+        return None
+    words = [w.strip() for w in (levels.split(",") if isinstance(levels, str) else levels) if str(w).strip()]
+    if not words:
+        return None
+    if [w.lower() for w in words] == ["all"]:
+        return ["all"]
+    names: list[str] = []
+    for word in words:
+        name = vertebra_from_name(str(word))
+        if name is None or name[0] not in "TL":
+            raise MSKSegError(f"level '{word}' is not a thoracic or lumbar vertebra",
+                              "give names such as L3, or T12,L1,L4, or all (T12 to L5 in view)")
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def named_levels(found: Any, wanted: list[str]) -> tuple[dict[str, int], list[str]]:
+    """The canonical slice of each wanted level the detector found (head to foot), and a warning for each
+    wanted level that is not in the field of view.
+
+    Raises:
+        MSKSegError: none of the wanted levels is in view.
+    """
+    from ..anatomy import vertebra_order
+
+    levels = {str(n): int(k) for n, k in (getattr(found, "levels", None) or {}).items()}
+    if getattr(found, "level", None) and str(found.level) not in levels and not getattr(found, "fallback_used", False):
+        levels[str(found.level)] = int(found.index)
+    names = [n for n in ALL_LEVELS if n in levels] if wanted == ["all"] else wanted
+    order = {n: vertebra_order(n) for n in names}
+    present = {n: levels[n] for n in sorted(names, key=order.get) if n in levels}
+    if not present:
+        raise MSKSegError(f"none of the levels {', '.join(wanted)} is in the field of view (levels found: "
+                          f"{', '.join(sorted(levels, key=lambda n: -levels[n])) or 'none'})",
+                          "ask for levels the CT covers, or --levels all")
+    missing = [f"{n} is not in the field of view: not measured" for n in names if n not in levels]
+    return present, missing
+
+
+def level_row(rows: list[dict[str, Any]], level: str | None) -> dict[str, Any]:
+    """The row standing for ``level`` (every row when None): its slab mean, else its single slice row."""
+    mine = [row for row in rows if level is None or row.get("level") == level]
+    return next((row for row in mine if row.get("row") == "mean"), mine[-1] if mine else {})
+
+
+def combine_levels(per_level: dict[str, Any]) -> Any:
+    """One measurement result for several levels: the rows of each level in turn; the summary, units and
+    settings of the headline level (L3 when measured, else the first); every level's warnings."""
+    results = list(per_level.values())
+    if len(results) == 1:
+        return results[0]
+    headline = per_level.get("L3", results[0])
+    return dataclasses.replace(headline, rows=[row for r in results for row in r.rows],
+                   warnings=list(dict.fromkeys(w for r in results for w in r.warnings)))
 
 
 def summarise_sarcopenia(result: SarcopeniaResult) -> dict[str, Any]:

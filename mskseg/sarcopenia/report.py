@@ -61,6 +61,9 @@ def write_sarcopenia_report(path: str | Path, image: Image, result: Any, overwri
     fig = plt.figure(figsize=(16, 9), dpi=120, facecolor="black")
     grid = fig.add_gridspec(1, 3, width_ratios=[1.2, 0.62, 1.0], left=0.01, right=0.99, top=0.90, bottom=0.02,
                             wspace=0.04)
+    many = list(getattr(result, "level_slices", {}) or {})
+    if len(many) > 1:  # levels by name: the pictures and the headline block show the headline level
+        result = _at_headline_level(result, image)
     l3 = result.l3
     row = result.headline_row() if hasattr(result, "headline_row") else (result.rows[-1] if result.rows else {})
     # Pictures in radiological convention: drawn from the canonical orientation of the run (anterior up, the
@@ -75,13 +78,30 @@ def write_sarcopenia_report(path: str | Path, image: Image, result: Any, overwri
     _table_panel(fig.add_subplot(grid[0, 2]), image, result, row)
     series = str(image.metadata.get("SeriesDescription") or "").strip()
     where = "the slice chosen by the user" if str(getattr(l3, "method", "")) == "user" else \
-        str(getattr(l3, "level", "L3"))
+        (", ".join(many) if len(many) > 1 else str(getattr(l3, "level", "L3")))
     heading = title or f"Body composition at {where}" + (f"  |  {series}" if series else "")
     fig.text(0.01, 0.965, heading, color="white", fontsize=17, fontweight="bold", va="center")
     fig.text(0.01, 0.925, _subtitle(image, result), color="#bbbbbb", fontsize=10.5, va="center")
     fig.savefig(path, facecolor=fig.get_facecolor())
     plt.close(fig)
     return path
+
+
+def _at_headline_level(result: Any, image: Image) -> Any:
+    """A multi-level result seen at its headline level: its slices, and the level marker on its centre slice
+    (every level's row stays in the table)."""
+    name = result.headline_level
+    source = list(result.level_slices[name])
+    centre = source[len(source) // 2]
+    view = result.canonical
+    if view is not None:
+        canon = sorted(view.reorientation.canonical_slice(k) for k in source)
+        view = replace(view, slices=canon, l3=replace(view.l3, index=canon[len(canon) // 2], level=name))
+    from .pipeline import slice_position_along_axial_axis
+
+    position = slice_position_along_axial_axis(image, centre)
+    return replace(result, slices=source, l3=replace(result.l3, index=centre, level=name, position_mm=position),
+                   canonical=view)
 
 
 # --------------------------------------------------------------------------------------------- panels
@@ -240,6 +260,11 @@ def _metric_lines(result: Any, row: dict[str, Any]) -> list[tuple[str, str, str]
         if _number(row.get(f"{name}_cm2")) is not None:
             lines.append(("  " + name.replace("_", " ").capitalize(), area(f"{name}_cm2", f"{name}_mean_HU", "-"),
                           "white"))
+    if len(getattr(result, "level_slices", {}) or {}) > 1:
+        for name, level_row in result.level_rows().items():
+            sma, sat, vat = (_number(level_row.get(k)) for k in ("SMA_cm2", "SAT_cm2", "VAT_cm2"))
+            lines.append((f"  at {name}", " / ".join("–" if v is None else f"{v:.1f}" for v in (sma, sat, vat))
+                          + " cm² (SMA / SAT / VAT)", "white"))
     lines.append(("Patient", patient.describe() if hasattr(patient, "describe") else "sex, height, weight unknown",
                   "white"))
     flags = _flags(result, row)
