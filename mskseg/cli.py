@@ -143,6 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mskseg`` command; returns the exit status."""
     from .batch_cli import split_task_options
 
+    if argv is None:  # the program itself (not a call from Python): SIGTERM cleans up like Ctrl-C
+        from .batch import terminate_on_sigterm
+
+        terminate_on_sigterm()
     parser = build_parser()
     words, task_options = split_task_options(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(words)
@@ -228,25 +232,32 @@ def cmd_demo(args) -> int:
     from .io.dicomwrite import write_dicom_series
     from .io.export import export_result
 
+    from .io.export import FILE_NAMES
+    from .io.output import check_output, final_paths, output_transaction
+
     out = Path(args.out)
+    names = ["ct-dicom", *FILE_NAMES.values(), "segmentation.labels.json"]
+    check_output(out, names, overwrite=args.overwrite)
     t0 = time.perf_counter()
     steps = tqdm(total=4, desc="demo", unit="step", file=sys.stderr, disable=not sys.stderr.isatty())
     ct, truth = demo_ct()
     steps.update()
-    dicom_dir = out / "ct-dicom"
-    write_dicom_series(ct, dicom_dir, overwrite=args.overwrite)
-    steps.update()
-    image = read_image(dicom_dir)
-    # The DICOM reader stacks slices along the slice normal: map the true labels onto the grid read back.
-    labelmap = image.with_array(labels_on_grid(truth, image), keep_metadata=False)
-    steps.update()
-    written = export_result(out, image, labelmap, DEMO_LABELS, overwrite=args.overwrite,
-                            title="MSKSeg demo: synthetic abdominal CT, true labels",
-                            summary={"input": str(dicom_dir), "note": "synthetic CT and its true label map"})
-    steps.update()
+    # One transaction for the CT series and the exported files: the folder ends with all of them or none.
+    with output_transaction(out, names, overwrite=args.overwrite) as staging:
+        dicom_dir = staging / "ct-dicom"
+        write_dicom_series(ct, dicom_dir)
+        steps.update()
+        image = read_image(dicom_dir)
+        # The DICOM reader stacks slices along the slice normal: map the true labels onto the grid read back.
+        labelmap = image.with_array(labels_on_grid(truth, image), keep_metadata=False)
+        steps.update()
+        written = export_result(staging, image, labelmap, DEMO_LABELS, overwrite=True,
+                                title="MSKSeg demo: synthetic abdominal CT, true labels",
+                                summary={"input": str(out / "ct-dicom"), "note": "synthetic CT and its true label map"})
+        steps.update()
     steps.close()
-    print(f"synthetic CT written as DICOM: {dicom_dir} ({image.size[2]} slices)")
-    for p in written:
+    print(f"synthetic CT written as DICOM: {out / 'ct-dicom'} ({image.size[2]} slices)")
+    for p in final_paths(written, staging, out):
         print(f"wrote {p}")
     print(f"done in {time.perf_counter() - t0:.1f} s")
     return 0
@@ -279,8 +290,10 @@ def cmd_export(args) -> int:
 
     from .io import read_image
     from .io.export import export_result
+    from .io.output import check_output
     from .io.segnrrd import read_seg_nrrd
 
+    check_output(args.out, overwrite=args.overwrite, inputs=[args.image])
     image = read_image(args.image, series_uid=args.series)
     if str(args.labelmap).lower().endswith(".seg.nrrd"):
         labelmap, labels = read_seg_nrrd(args.labelmap)
@@ -310,6 +323,8 @@ def cmd_segment(args) -> int:
     from .cardtask import export_card_result, run_card
     from .engine import choose_device
     from .io import read_image
+    from .io.export import FILE_NAMES
+    from .io.output import check_output, child_folder
     from .models import load_model_card
 
     card = load_model_card(args.model)
@@ -329,9 +344,12 @@ def cmd_segment(args) -> int:
 
         t0 = time.perf_counter()
         try:
+            folder = child_folder(args.out, name)
+            check_output(folder, [*FILE_NAMES.values(), "segmentation.labels.json"], overwrite=args.overwrite,
+                         inputs=[path])
             image = read_image(path, series_uid=args.series)
             result = run_card(image, model_card=card, device=device.device, progress=progress)
-            written = export_card_result(Path(args.out) / name, image, result, overwrite=args.overwrite,
+            written = export_card_result(folder, image, result, overwrite=args.overwrite,
                                          formats=_formats(args.formats), extra={"input": str(path)},
                                          title=f"{name}: {card.title}")
         except MSKSegError as e:
@@ -374,11 +392,14 @@ def cmd_device(args) -> int:
 def cmd_terminology(args) -> int:
     """``mskseg terminology``: print the class table or write the Slicer terminology file."""
     from . import terminology
-    from .io.common import prepare_output
+    from .io.output import output_transaction
 
     if args.write:
-        path = prepare_output(args.write, args.overwrite)
-        terminology.write_slicer_term_json(path)
+        path = Path(args.write)
+        if path.is_dir():
+            raise MSKSegError(f"--write {path} is a folder", "give the path of the file to write, e.g. MSKSeg.term.json")
+        with output_transaction(path.parent, [path.name], overwrite=args.overwrite, marker=False) as staging:
+            terminology.write_slicer_term_json(staging / path.name)
         print(f"wrote {path}")
         return 0
     for c in terminology.CLASSES.values():

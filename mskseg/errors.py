@@ -45,7 +45,12 @@ class ModelCardError(MSKSegError):
     """A model card is missing, is not valid JSON, or does not follow the model-card schema."""
 
 
-class OutputExistsError(MSKSegError):
+class OutputError(MSKSegError):
+    """The results cannot be written where asked: the output place is a file, lies under a file, is read-only,
+    full, inside the input DICOM folder, or holds an earlier result (:class:`OutputExistsError`)."""
+
+
+class OutputExistsError(OutputError):
     """A writer was asked to write a file that exists, without overwrite=True (``--overwrite``)."""
 
 

@@ -117,6 +117,10 @@ def _protocol_stream() -> IO[str]:
 def run_worker(argv: Sequence[str] | None = None, stream: IO[str] | None = None) -> int:
     """The child's main: run the task of ``argv`` and report on ``stream`` (default: standard output, made
     protocol-only); returns the exit status (0 done, 2 bad input, 1 internal error)."""
+    if argv is None:  # the child process itself: a cancel (SIGTERM) removes the files being written, like Ctrl-C
+        from .batch import terminate_on_sigterm
+
+        terminate_on_sigterm()
     own, options = _split_options(sys.argv[1:] if argv is None else argv)
     events = _EventWriter(stream if stream is not None else _protocol_stream())
     start = time.perf_counter()

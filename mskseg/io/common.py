@@ -32,6 +32,33 @@ def prepare_output(path: str | Path, overwrite: bool = False) -> Path:
     return path
 
 
+def write_sitk(image: Any, path: str | Path, compress: bool) -> None:
+    """``SimpleITK.WriteImage`` whose failures are OSErrors (SimpleITK raises a RuntimeError with ITK's text):
+    ENOSPC when the disk is full, EACCES when the folder is not writable, EIO otherwise, so that
+    :func:`mskseg.io.output.output_error` can name the cause."""
+    import errno
+    import os
+    import shutil
+
+    import SimpleITK as sitk
+
+    try:
+        sitk.WriteImage(image, str(path), useCompression=compress)
+    except RuntimeError as error:
+        folder = Path(path).parent
+        code = errno.EIO
+        try:
+            if shutil.disk_usage(folder).free < 1 << 20:
+                code = errno.ENOSPC
+            elif not os.access(folder, os.W_OK):
+                code = errno.EACCES
+        except OSError:
+            pass
+        text = str(error).strip().splitlines()
+        raise OSError(code, f"{os.strerror(code)} ({text[-1] if text else 'SimpleITK could not write'})",
+                      str(path)) from None
+
+
 def check_labelmap(labelmap: Image, labels: Labels, source: Image | None = None) -> np.ndarray:
     """Validate a label map and return its voxels as an unsigned integer array.
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import terminology
 from ..image import Image
-from .common import Labels, check_labelmap, prepare_output, to_jsonable
+from .common import Labels, check_labelmap, prepare_output, to_jsonable, write_sitk
 
 
 def write_nifti_labelmap(path: str | Path, labelmap: Image, labels: Labels, *, source: Image | None = None,
@@ -25,12 +25,10 @@ def write_nifti_labelmap(path: str | Path, labelmap: Image, labels: Labels, *, s
     NIfTI stores RAS on disk; SimpleITK converts from our LPS geometry, so the file overlays the source in
     Slicer, ITK-SNAP and nibabel. The sidecar lists value, class name, display name and colour for each label.
     """
-    import SimpleITK as sitk
-
     arr = check_labelmap(labelmap, labels, source)
     path = prepare_output(path, overwrite)
     sidecar = prepare_output(_sidecar(path), overwrite)
-    sitk.WriteImage(labelmap.with_array(arr).to_sitk(), str(path), useCompression=True)
+    write_sitk(labelmap.with_array(arr).to_sitk(), path, compress=True)
     sidecar.write_text(json.dumps(
         [{"value": int(v), "name": n, "display_name": terminology.get_class(n).display_name,
           "color": list(terminology.get_class(n).color)} for v, n in sorted(labels.items())], indent=2) + "\n")
@@ -177,8 +175,6 @@ def write_image(path: str | Path, image: Image, *, overwrite: bool = False) -> P
     Raises:
         OutputExistsError: ``path`` exists and ``overwrite`` is False.
     """
-    import SimpleITK as sitk
-
     path = prepare_output(path, overwrite)
-    sitk.WriteImage(image.to_sitk(), str(path), useCompression=False)
+    write_sitk(image.to_sitk(), path, compress=False)
     return path

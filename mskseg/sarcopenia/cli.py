@@ -101,9 +101,8 @@ def add_sarcopenia_arguments(s: argparse.ArgumentParser) -> None:
 
 def run_sarcopenia_cli(args: argparse.Namespace) -> int:
     """Run ``mskseg sarcopenia`` for parsed ``args``; returns the exit status (errors raise MSKSegError)."""
-    from ..io import read_image
-    from .export import export_sarcopenia
-    from .pipeline import run_sarcopenia
+    from ..io.output import check_output, final_paths, output_transaction
+    from .export import OUTPUT_FILES, export_sarcopenia
 
     if args.demo and args.ct:
         raise MSKSegError("give either a CT or --demo, not both")
@@ -113,27 +112,43 @@ def run_sarcopenia_cli(args: argparse.Namespace) -> int:
         raise MSKSegError("no output folder given", "add --out DIR")
     out = Path(args.out or DEMO_OUT)
     options = options_from_args(args)  # a typo in --cutoffs or --levels fails before the CT is read
-    _check_out(out, args.overwrite)
+    names = list(OUTPUT_FILES.values()) + (["ct-dicom"] if args.demo else [])
+    check_output(out, names, overwrite=args.overwrite, inputs=[] if args.demo else [args.ct])
 
-    if args.demo:
-        t0 = time.perf_counter()
-        source = _write_demo_ct(out / "ct-dicom", args.overwrite)
-        print(f"synthetic CT made and written as DICOM in {time.perf_counter() - t0:.1f} s: {source}")
-    else:
-        source = Path(args.ct)
-    t0 = time.perf_counter()
-    image = read_image(source, series_uid=args.series)
-    t_read = time.perf_counter() - t0
     progress = _progress_bar()
     try:
-        result = run_sarcopenia(image, **options, progress=progress)
+        if args.demo:  # the demo CT and the results: one transaction, the folder ends with all or none
+            with output_transaction(out, names, overwrite=args.overwrite) as staging:
+                t0 = time.perf_counter()
+                source = _write_demo_ct(staging / "ct-dicom", True)
+                print(f"synthetic CT made and written as DICOM in {time.perf_counter() - t0:.1f} s: "
+                      f"{out / 'ct-dicom'}")
+                result, image, t_read = _run(source, args, options, progress)
+                t1 = time.perf_counter()
+                written = export_sarcopenia(staging, image, result, overwrite=True,
+                                            extra={"input": str(out / "ct-dicom")})
+            written = final_paths(written, staging, out)
+        else:
+            result, image, t_read = _run(Path(args.ct), args, options, progress)
+            t1 = time.perf_counter()
+            written = export_sarcopenia(out, image, result, overwrite=args.overwrite, extra={"input": str(args.ct)})
     finally:
         progress.close()
-    t1 = time.perf_counter()
-    written = export_sarcopenia(out, image, result, overwrite=args.overwrite, extra={"input": str(source)})
     t_write = time.perf_counter() - t1
     _print_result(result, written, t_read, t_write)
     return 0
+
+
+def _run(source: Path, args: argparse.Namespace, options: dict[str, Any], progress) -> tuple[Any, Any, float]:
+    """Read the CT and run the pipeline: ``(result, image, seconds to read)``."""
+    from ..io import read_image
+    from .pipeline import run_sarcopenia
+
+    t0 = time.perf_counter()
+    image = read_image(source, series_uid=args.series)
+    t_read = time.perf_counter() - t0
+    result = run_sarcopenia(image, **options, progress=progress)
+    return result, image, t_read
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -225,21 +240,6 @@ def _levels(levels: str) -> dict[str, Any]:
         raise MSKSegError(f"--levels '{levels}' is neither 'auto', level names, 'all' nor a slice index",
                           "e.g. --levels auto, --levels L3, --levels T12,L1,L4, --levels all, or --levels 57 to "
                           "measure slice 57") from None
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    """Fail before any work when the results of an earlier run are in ``out`` (and --overwrite is not given)."""
-    from ..errors import OutputExistsError
-    from .export import OUTPUT_FILES
-
-    if out.exists() and not out.is_dir():
-        raise MSKSegError(f"--out {out} is a file, not a folder", "choose a folder")
-    if overwrite:
-        return
-    clashes = [str(out / name) for name in OUTPUT_FILES.values() if (out / name).exists()]
-    if clashes:
-        raise OutputExistsError(f"output files already exist: {', '.join(clashes)}",
-                                "choose another output folder or pass --overwrite")
 
 
 def _write_demo_ct(folder: Path, overwrite: bool) -> Path:
