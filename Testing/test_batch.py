@@ -52,7 +52,7 @@ def table_rows(out: Path) -> list[dict]:
 
 def no_partial_files(out: Path) -> list[str]:
     """Every hidden partial folder or temporary file left under ``out`` (must be none)."""
-    return [str(p) for p in out.rglob(".*") if ".partial-" in p.name or ".tmp-" in p.name]
+    return [str(p) for p in out.rglob(".*") if "partial-" in p.name or ".tmp-" in p.name]
 
 
 @pytest.fixture(scope="module")
