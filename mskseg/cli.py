@@ -189,6 +189,7 @@ def _commands() -> dict:
 def cmd_info(args) -> int:
     """``mskseg info``: geometry, modality, patient attributes and series of an image."""
     from .io import list_dicom_series, read_image
+    from .io.readers import clean_text
 
     path = Path(args.image)
     series = list_dicom_series(path) if path.is_dir() else []
@@ -202,7 +203,7 @@ def cmd_info(args) -> int:
             "series": [s.__dict__ for s in series],
             "n_files": len(image.metadata.get("source_files", [])) or None}, indent=2))
         return 0
-    print(f"{path}")
+    print(clean_text(path))
     print(image.describe())
     print(f"format      {meta.get('format', '?')}" + (f", {len(image.metadata['source_files'])} DICOM files"
                                                      if image.metadata.get("source_files") else ""))
@@ -214,7 +215,9 @@ def cmd_info(args) -> int:
     if series:
         print(f"series found ({len(series)}):")
         for s in series:
-            print("  " + s.line())
+            print("  " + clean_text(s.line()))
+    for ignored in image.metadata.get("ignored_series", []):
+        print(f"note        read the one image series; left out the non-image object {clean_text(ignored)}")
     return 0
 
 
@@ -342,6 +345,8 @@ def cmd_segment(args) -> int:
             continue
         finally:
             bar.close()
+        for warning in result.details.get("warnings", []):
+            print(f"{name}: warning: {warning}")
         print(f"{name}: {len(written)} files in {Path(args.out) / name} ({time.perf_counter() - t0:.1f} s)")
     if failures:
         print(f"{failures} of {len(args.images)} cases failed", file=sys.stderr)
