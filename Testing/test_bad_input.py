@@ -700,7 +700,7 @@ CASES = [
     ("dicom-ct-and-seg-in-one-folder", "info", b_dicom_ct_and_seg_same_folder, (OK, r"64 x 64 x 8")),
     ("dicom-ct-and-sr", "info", b_dicom_ct_and_sr, (OK, r"64 x 64 x 8")),
     ("dicom-only-seg", "info", b_dicom_only_seg, r"no image series, only non-image DICOM objects"),
-    ("dicom-two-ct-series", "info", b_dicom_two_ct_series, r"holds 2 DICOM image series"),
+    ("dicom-two-ct-series", "info", b_dicom_two_ct_series, r"holds 2 DICOM series \(images\)"),
     ("dicom-escape-codes-in-header", "info", b_dicom_escape_codes, (OK, r"SeriesDescription RED text")),
     ("dicom-sagittal", "info", b_dicom_sagittal, (OK, r"64 x 64 x 8")),
     ("dicom-coronal", "info", b_dicom_coronal, (OK, r"64 x 64 x 8")),

@@ -163,6 +163,16 @@ def _check_volume_content(p: Path) -> None:
     if name.endswith(".nrrd") and not head.startswith(b"NRRD"):
         raise ImageReadError(f"{p} is not a NRRD file (it holds {_describe_content(_head(p))})",
                              f"check the file; supported: {SUPPORTED}")
+    if name.endswith(".gz"):
+        import gzip
+        import zlib
+
+        try:
+            with gzip.open(p, "rb") as f:
+                f.read(540)
+        except (OSError, EOFError, zlib.error) as e:
+            raise ImageReadError(f"{p} could not be read: its gzip data is damaged or cut short ({str(e)[:120]})",
+                                 "copy or export the file again") from None
     check_file_before_reading(p)
     if name.endswith(".nii.gz"):
         from .filecheck import nifti_header
@@ -256,8 +266,11 @@ def list_dicom_series(folder: str | os.PathLike) -> list[SeriesInfo]:
     for sub, _dirs, files in os.walk(folder):
         if not files:
             continue
-        for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(sub) or ():
-            names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(sub, uid)
+        with _quiet_native():  # GDCM warns on stderr for every folder without a series
+            uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(sub) or ()
+            names_of = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(sub, uid) for uid in uids}
+        for uid in uids:
+            names = names_of[uid]
             if not names:
                 continue
             try:
@@ -306,7 +319,7 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> Image:
                 "source series (mskseg.io.dicomseg.read_dicom_seg)")
         if len(images) > 1:
             raise SeriesSelectionError(
-                f"{folder} holds {len(images)} DICOM image series:\n  " + "\n  ".join(s.line() for s in images),
+                f"{folder} holds {len(images)} DICOM series (images):\n  " + "\n  ".join(s.line() for s in images),
                 "choose one with its SeriesInstanceUID (command line: --series UID; Python: series_uid=...)",
             )
         chosen = images
