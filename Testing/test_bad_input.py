@@ -661,6 +661,63 @@ def b_nii_one_slice(d, ct):
     return nifti(d, mask_array(ct)[:, :, 4:5], affine())
 
 
+def b_dicom_extreme_slice_spacing(d, ct):
+    folder, files = series(d, ct)
+
+    def far(ds, k):
+        x, y, _ = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y, k * 1e6]
+    edit(files, far)
+    return folder
+
+
+def b_dicom_single_ct_slice_to_ct_task(d, ct):
+    return series(d, ct)[1][4]
+
+
+def b_nii_absurd_scaling(d, ct):
+    p = nifti(d, mask_array(ct), affine(), "ct.nii")
+    data = bytearray(p.read_bytes())
+    data[112:120] = struct.pack("<2f", float("nan"), 0.0)
+    p.write_bytes(bytes(data))
+    return p
+
+
+def b_png_16bit_to_ct_task(d, ct):
+    p = d / "slice16.png"
+    sitk.WriteImage(sitk.GetImageFromArray((ct.array[4].astype(np.int32) + 1024).astype(np.uint16)), str(p))
+    return p
+
+
+def b_tiff_multipage(d, ct):
+    p = d / "stack.tif"
+    sitk.WriteImage(sitk.GetImageFromArray(np.clip(ct.array + 1024, 0, 255).astype(np.uint8)), str(p))
+    return p
+
+
+def b_nrrd_nan(d, ct):
+    arr = ct.array.astype(np.float32)
+    arr[2, 10:20, 10:20] = np.nan
+    return sitk_file(d, ct.with_array(arr), "ct.nrrd")
+
+
+def b_mha_inf(d, ct):
+    arr = ct.array.astype(np.float32)
+    arr[2, 10, 10] = -np.inf
+    return sitk_file(d, ct.with_array(arr), "ct.mha")
+
+
+def b_bmp_text(d, ct):
+    p = d / "x.bmp"
+    p.write_bytes(b"%PDF-1.4 not a bitmap")
+    return p
+
+
+def b_dcm_holding_png(d, ct):
+    p = png(d, _grey(ct))
+    return p.rename(d / "slice.dcm")
+
+
 # (id, command, builder, expected: regex of the error message, or OK / (OK, regex on stdout))
 CASES = [
     ("dicom-valid", "info", b_dicom_valid, (OK, r"64 x 64 x 8")),
@@ -753,6 +810,15 @@ CASES = [
     ("2d-nifti-to-ct-task", "sarcopenia", b_nii_2d, r"the image is 2D"),
     ("one-slice-to-ct-task", "sarcopenia", b_nii_one_slice, r"only one slice"),
     ("nan-volume-to-ct-task", "sarcopenia", b_nii_nan, r"NaN"),
+    ("dicom-extreme-slice-spacing", "info", b_dicom_extreme_slice_spacing, r"outside 0\.001\.\.1000 mm"),
+    ("dicom-single-ct-slice-to-ct-task", "sarcopenia", b_dicom_single_ct_slice_to_ct_task, r"only one slice"),
+    ("nifti-absurd-scaling", "info", b_nii_absurd_scaling, r"absurd intensity scaling .*scl_slope nan"),
+    ("png-16bit-to-ct-task", "sarcopenia", b_png_16bit_to_ct_task, r"16-bit PNG picture"),
+    ("tiff-multipage", "info", b_tiff_multipage, r"picture with 8 pages"),
+    ("nrrd-nan-voxels", "info", b_nrrd_nan, r"100 voxels .* NaN"),
+    ("mha-inf-voxels", "info", b_mha_inf, r"1 voxels .* infinite"),
+    ("bmp-holding-pdf", "info", b_bmp_text, r"not a BMP picture \(it holds a PDF"),
+    ("dcm-named-file-holding-png", "info", b_dcm_holding_png, r"not an image MSKSeg can read \(it holds a PNG picture\)"),
 ]
 
 
@@ -865,3 +931,27 @@ def test_valid_ct_passes_the_ct_checks(ct):
 
     check_ct_values(ct)
     check_ct_values(ct.with_array(ct.array.astype(np.float64)))
+
+
+def test_padding_and_a_cut_body_are_warned_about_in_the_sarcopenia_result():
+    from conftest import small_torso
+    from mskseg.sarcopenia.pipeline import run_sarcopenia
+
+    sample = small_torso()
+    image, k = sample.image, sample.l3_index
+    plain = run_sarcopenia(image, level_index=k, method="rules", device="cpu")
+    assert not any("padding" in w or "field of view" in w for w in plain.warnings)
+    arr = image.array.copy()
+    yy, xx = np.mgrid[:arr.shape[1], :arr.shape[2]]
+    arr[:, (yy - 127.5) ** 2 + (xx - 127.5) ** 2 > 127 ** 2] = -3024  # outside the reconstruction circle
+    padded = run_sarcopenia(image.with_array(arr), level_index=k, method="rules", device="cpu")
+    assert any(re.search(r"padding values \(-3024 HU.*mapped to air", w) for w in padded.warnings)
+    for key in ("SMA_cm2", "SAT_cm2", "VAT_cm2"):
+        assert padded.headline_row()[key] == pytest.approx(plain.headline_row()[key], rel=0.02), key
+    body = np.flatnonzero((image.array[k] > -500).any(axis=0))
+    c0 = int(body.min()) + 25  # cut the body at the left edge of the field of view
+    cut_image = Image(image.array[:, :, c0:], image.spacing, image.index_to_physical([c0, 0, 0]), image.direction,
+                      dict(image.metadata))
+    cut_result = run_sarcopenia(cut_image, level_index=k, method="rules", device="cpu")
+    assert any(re.search(rf"slice {k}: the body is cut by the edge of the field of view.*SAT, VAT", w)
+               for w in cut_result.warnings)

@@ -115,12 +115,14 @@ def nifti_header(p: Path) -> dict | None:
             vox_offset = struct.unpack(endian + "f", raw[108:112])[0]
             qform_code, sform_code = struct.unpack(endian + "hh", raw[252:256])
             srow = np.asarray(struct.unpack(endian + "12f", raw[280:328]), float).reshape(3, 4)
+            scl = struct.unpack(endian + "2f", raw[112:120])
         elif size == 540 and len(raw) >= 540:
             dim = struct.unpack(endian + "8q", raw[16:80])
             datatype, bitpix = struct.unpack(endian + "hh", raw[12:16])
             vox_offset = struct.unpack(endian + "q", raw[168:176])[0]
             qform_code, sform_code = struct.unpack(endian + "ii", raw[344:352])
             srow = np.asarray(struct.unpack(endian + "12d", raw[400:496]), float).reshape(3, 4)
+            scl = struct.unpack(endian + "2d", raw[176:192])
         else:
             continue
         nd = int(dim[0])
@@ -128,7 +130,7 @@ def nifti_header(p: Path) -> dict | None:
             raise ImageReadError(f"{p} has a damaged NIfTI header (dim[0] = {nd}; it must be 1 to 7)",
                                  "export the image again")
         return {"sizes": [int(v) for v in dim[1:1 + nd]], "bytes": _NIFTI_BYTES.get(int(datatype), max(int(bitpix) // 8, 1)),
-                "offset": int(vox_offset), "datatype": int(datatype), "sform_code": int(sform_code), "qform_code": int(qform_code), "srow": srow}
+                "offset": int(vox_offset), "datatype": int(datatype), "scl": scl, "sform_code": int(sform_code), "qform_code": int(qform_code), "srow": srow}
     return None
 
 
@@ -139,6 +141,12 @@ def check_nifti_file(p: Path) -> None:
         return
     sizes = [max(s, 1) if i >= 3 else s for i, s in enumerate(h["sizes"])]
     check_voxel_count(p, sizes, h["bytes"])
+    slope, inter = (float(v) for v in h["scl"])
+    if not (np.isfinite(slope) and np.isfinite(inter)) or (slope != 0 and not 1e-4 <= abs(slope) <= 1e3) or \
+            abs(inter) > 1e5:
+        raise InvalidImageError(
+            f"{p} has an absurd intensity scaling in its header (scl_slope {slope:g}, scl_inter {inter:g}; values = "
+            "stored x slope + inter)", "the header is damaged; export the image again")
     if h["sform_code"] > 0:
         check_axes_orthonormal(p, h["srow"][:, :3], "its NIfTI sform (srow_x/y/z)")
     want = h["offset"] + int(np.prod(sizes)) * h["bytes"]

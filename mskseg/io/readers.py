@@ -109,7 +109,8 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> Image:
         return _read_picture(p)
     if _is_dicom_file(p):
         return _read_dicom_file(p)
-    raise ImageReadError(f"{p} is not an image MSKSeg can read", f"supported: {SUPPORTED}")
+    raise ImageReadError(f"{p} is not an image MSKSeg can read (it holds {_describe_content(_head(p))})",
+                         f"give the file a name ending that matches its content; supported: {SUPPORTED}")
 
 
 def _head(p: Path, n: int = 132) -> bytes:
