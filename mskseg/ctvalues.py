@@ -42,10 +42,13 @@ def check_ct_values(image: Image, what: str = "this task") -> None:
                 f"make every measurement of {what} wrong",
                 "replace undefined voxels (e.g. by -1000 HU, air) or export the CT again")
     if meta.get("rgb") or meta.get("picture"):
+        bits = int(meta.get("bits_per_sample", 8))
         kind = "an RGB picture (a screenshot or photo)" if meta.get("rgb") else \
-            f"a {int(meta.get('bits_per_sample', 8))}-bit {str(meta.get('format', 'picture')).upper()} picture"
+            f"{'an' if bits in (8, 11, 18) else 'a'} {bits}-bit {str(meta.get('format', 'picture')).upper()} picture"
+        plane = " x ".join(map(str, image.size[:2]))
+        shape = f" (2D, {plane} pixels)" if image.ndim == 2 else f" ({image.size[2]} slice(s) of {plane} pixels)"
         raise InvalidImageError(
-            f"the image is {kind}: its values are grey levels, not CT Hounsfield units, so {what} cannot use it",
+            f"the image is {kind}{shape}: its values are grey levels, not CT Hounsfield units, so {what} cannot use it",
             "give the CT itself (DICOM series, NIfTI, NRRD or MHA in HU), not a picture or screenshot of it")
     if arr.dtype == np.bool_:
         raise InvalidImageError(f"the image is a binary mask (true/false voxels), not a CT in Hounsfield units; "
