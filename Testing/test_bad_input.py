@@ -718,6 +718,28 @@ def b_dcm_holding_png(d, ct):
     return p.rename(d / "slice.dcm")
 
 
+def b_png_absurd_dims(d, ct):
+    p = png(d, _grey(ct))
+    data = bytearray(p.read_bytes())
+    data[16:24] = struct.pack(">II", 100000, 100000)
+    p.write_bytes(bytes(data))
+    return p
+
+
+def b_nii_zero_size(d, ct):
+    p = sitk_file(d, ct, "ct.nii")
+    data = bytearray(p.read_bytes())
+    data[40:56] = struct.pack("<8h", 3, 0, 64, 8, 1, 1, 1, 1)
+    p.write_bytes(bytes(data))
+    return p
+
+
+def b_escape_codes_in_file_name(d, ct):
+    p = d / "\x1b[31mred\x1b[0m.nii.gz"
+    p.write_bytes(b"")
+    return p
+
+
 # (id, command, builder, expected: regex of the error message, or OK / (OK, regex on stdout))
 CASES = [
     ("dicom-valid", "info", b_dicom_valid, (OK, r"64 x 64 x 8")),
@@ -794,6 +816,9 @@ CASES = [
     ("mha-compressed-truncated", "info", b_mha_compressed_truncated, r"truncated"),
     ("mhd-missing-raw", "info", b_mhd_missing_raw, r"data file ct\.raw is missing"),
     ("mha-absurd-dims", "info", b_mha_absurd_dims, r"declares 100000 x 100000 x 1000"),
+    ("nifti-zero-size", "info", b_nii_zero_size, r"declares an image of size \[0, 64, 8\]"),
+    ("escape-codes-in-file-name", "info", b_escape_codes_in_file_name, r"in/red\.nii\.gz is empty"),
+    ("png-absurd-dims", "info", b_png_absurd_dims, r"declares 100000 x 100000 = 1e\+10 voxels"),
     ("png-zero-bytes", "info", b_png_zero_bytes, r"empty \(0 bytes\)"),
     ("png-holding-text", "info", b_png_text, r"named \.png but is not a PNG picture \(it holds text"),
     ("png-truncated", "info", b_png_truncated, r"could not be read as a picture.*(damaged|cut short)"),
@@ -842,6 +867,7 @@ def test_bad_input_corpus(tmp_path, capsys, ct, command, build, expected):
     assert lines[0].startswith(f"mskseg {command}: error: ")
     assert re.search(expected, err, re.S), err
     assert all(ln.startswith(("mskseg", "  hint:", "  ")) for ln in lines), err
+    assert "\x1b" not in err and "\x07" not in err
 
 
 # --------------------------------------------------------------------------------------------- correct results
@@ -955,3 +981,16 @@ def test_padding_and_a_cut_body_are_warned_about_in_the_sarcopenia_result():
     cut_result = run_sarcopenia(cut_image, level_index=k, method="rules", device="cpu")
     assert any(re.search(rf"slice {k}: the body is cut by the edge of the field of view.*SAT, VAT", w)
                for w in cut_result.warnings)
+
+
+def test_dicom_pixel_padding_value_is_read_and_mapped_to_air(tmp_path, ct):
+    from mskseg.ctvalues import map_padding_to_air
+
+    arr = ct.array.copy()
+    arr[:, :4, :] = -2000
+    folder, files = series(tmp_path, ct.with_array(arr))
+    edit(files, lambda ds, k: ds.add_new(0x00280120, "SS", -2000))
+    image = read_image(folder)
+    assert image.metadata["PixelPaddingValue"] == -2000
+    mapped, warning = map_padding_to_air(image)
+    assert np.all(mapped.array[:, :4, :] == -1000) and "-2000" in warning

@@ -154,9 +154,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = getattr(args, "task_cli", None) or _commands()[args.command]
         return command(args)
     except MSKSegError as e:
-        print(f"mskseg {args.command}: error: {e.message}", file=sys.stderr)
+        from .io.readers import clean_text
+
+        # paths and header values in a message may carry terminal escape codes: printed without them
+        message = "\n".join(clean_text(line) if line.strip() else "" for line in str(e.message).split("\n"))
+        print(f"mskseg {args.command}: error: {message}", file=sys.stderr)
         if e.hint:
-            print(f"  hint: {e.hint}", file=sys.stderr)
+            print(f"  hint: {clean_text(e.hint)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mskseg: interrupted", file=sys.stderr)

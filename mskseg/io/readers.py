@@ -146,6 +146,16 @@ def _check_picture_content(p: Path) -> None:
         raise ImageReadError(f"{p} is named {suffix} but is not a {suffix.lstrip('.').upper()} picture "
                              f"(it holds {_describe_content(_head(p))})",
                              f"check the file; supported: {SUPPORTED}")
+    import struct
+
+    head = _head(p, 32)
+    sizes = None
+    if suffix == ".png" and len(head) >= 24 and head[12:16] == b"IHDR":
+        sizes = struct.unpack(">II", head[16:24])
+    elif suffix == ".bmp" and len(head) >= 26:
+        sizes = tuple(abs(v) for v in struct.unpack("<ii", head[18:26]))
+    if sizes is not None:
+        check_voxel_count(p, list(sizes), 4)
 
 
 def _check_volume_content(p: Path) -> None:
@@ -213,9 +223,10 @@ def _quiet_native():
 
 
 def clean_text(value: Any) -> str:
-    """A header string safe to print: terminal escape sequences and control characters removed."""
+    """A header string safe to print: terminal escape sequences and control characters removed (leading
+    indentation kept)."""
     text = _ESCAPE_SEQUENCE.sub("", str(value))
-    return "".join(c for c in text if c.isprintable() or c == " ").strip()
+    return "".join(c for c in text if c.isprintable() or c == " ").rstrip()
 
 
 # --------------------------------------------------------------------------------------------- DICOM
