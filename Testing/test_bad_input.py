@@ -740,6 +740,26 @@ def b_escape_codes_in_file_name(d, ct):
     return p
 
 
+def b_dicom_shifted_slice(d, ct):
+    folder, files = series(d, ct)
+
+    def shift(ds, k):
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x + (6.0 if k == 3 else 0.0), y, z]
+    edit(files, shift)
+    return folder
+
+
+def b_dicom_rounded_oblique(d, ct):
+    a = np.radians(20)
+    oblique = Image(ct.array, ct.spacing, ct.origin, [[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]],
+                    {"Modality": "CT"})
+    folder, files = series(d, oblique)
+    edit(files, lambda ds, k: setattr(ds, "ImagePositionPatient", [round(float(v), 2) + 0.004 * (-1) ** k
+                                                                   for v in ds.ImagePositionPatient]))
+    return folder
+
+
 # (id, command, builder, expected: regex of the error message, or OK / (OK, regex on stdout))
 CASES = [
     ("dicom-valid", "info", b_dicom_valid, (OK, r"64 x 64 x 8")),
@@ -757,6 +777,8 @@ CASES = [
     ("dicom-no-pixel-spacing", "info", b_dicom_no_pixel_spacing, r"no PixelSpacing"),
     ("dicom-zero-pixel-spacing", "info", b_dicom_zero_pixel_spacing, r"PixelSpacing \[0\.0, 0\.0\] mm: zero"),
     ("dicom-gantry-tilt", "info", b_dicom_gantry_tilt, r"gantry tilt of about 15\.0 degrees"),
+    ("dicom-one-slice-shifted-in-plane", "info", b_dicom_shifted_slice, r"shifted within their planes by up to"),
+    ("dicom-oblique-rounded-positions", "info", b_dicom_rounded_oblique, (OK, r"64 x 64 x 8")),
     ("dicom-sheared-orientation", "info", b_dicom_sheared_orientation, r"not unit vectors at right angles"),
     ("dicom-mixed-orientation", "info", b_dicom_mixed_orientation, r"mixes slice orientations"),
     ("dicom-mixed-sizes", "info", b_dicom_mixed_sizes, r"different sizes \(32 x 32, 64 x 64\)"),

@@ -601,18 +601,30 @@ def _check_slice_positions(headers, where: Path) -> None:
     if np.any(np.abs(d) < 1e-4):
         raise InvalidImageError(f"the DICOM series in {where} has two slices at the same position (zero spacing)",
                                 "the folder may hold two reconstructions of one series; keep one")
-    # Gantry tilt: successive slice origins move within the slice plane as well as along its normal.
+    # Gantry tilt: successive slice origins move within the slice plane as well as along its normal. Judged on
+    # the whole series (rounding of single positions to 0.01 mm never adds up to a tilt).
     lateral = pos - np.outer(along, normal)
-    steps = np.diff(lateral, axis=0)
-    drift = np.linalg.norm(steps, axis=1)
-    if np.max(drift) > 0.01 + 0.002 * np.median(np.abs(d)):
-        angle = float(np.degrees(np.arctan2(np.median(drift), np.median(np.abs(d)))))
+    span = float(along[-1] - along[0])
+    shift = float(np.linalg.norm(lateral[-1] - lateral[0]))
+    angle = float(np.degrees(np.arctan2(shift, span)))
+    if angle > 0.2 and shift > 0.2:
         raise InvalidImageError(
             f"the DICOM series in {where} was acquired with a gantry tilt of about {angle:.1f} degrees: each slice is "
             "shifted within its plane, so the voxels are not on a rectangular grid (reading it as one would shear the "
             "anatomy)",
             "resample it to an untilted grid first (e.g. dcm2niix corrects gantry tilt; Slicer's DICOM module offers "
             "'acquisition geometry regularization')")
+    try:
+        half_pixel = 0.5 * min(float(v) for v in headers[0].PixelSpacing)
+    except (AttributeError, TypeError, ValueError):
+        half_pixel = 0.25
+    line = lateral[0] + np.outer((along - along[0]) / (span or 1.0), lateral[-1] - lateral[0])
+    jitter = float(np.max(np.linalg.norm(lateral - line, axis=1)))
+    if jitter > max(half_pixel, 0.05):
+        raise InvalidImageError(
+            f"the DICOM series in {where} has slices shifted within their planes by up to {jitter:.2g} mm from one "
+            "another: they do not stack into one volume",
+            "the folder may mix slices of several reconstructions or patient positions; keep one series")
     step = float(np.median(np.abs(d)))
     if np.ptp(d) > 0.05 * step + 1e-3:
         ratios = np.abs(d) / step
