@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,33 +194,47 @@ def _check_volume_content(p: Path) -> None:
                                  f"check the file; supported: {SUPPORTED}")
 
 
+_QUIET_LOCK = threading.Lock()
+_QUIET_STATE: dict[str, Any] = {"depth": 0, "saved": None}
+
+
 @contextlib.contextmanager
 def _quiet_native():
     """Silence what ITK, GDCM and the codecs print on the process's own stdout/stderr while a file is read
-    (the error that matters comes back as an exception and is reported once, plainly)."""
+    (the error that matters comes back as an exception and is reported once, plainly). Nested and concurrent
+    uses share one redirection: the first to enter sets it up, the last to leave restores the streams."""
     import SimpleITK as sitk
 
+    with _QUIET_LOCK:
+        if _QUIET_STATE["depth"] == 0:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            try:
+                saved = (os.dup(1), os.dup(2))
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 1)
+                os.dup2(devnull, 2)
+                os.close(devnull)
+            except OSError:
+                saved = None
+            _QUIET_STATE["saved"] = (saved, sitk.ProcessObject.GetGlobalWarningDisplay())
+            sitk.ProcessObject.SetGlobalWarningDisplay(False)
+        _QUIET_STATE["depth"] += 1
     try:
-        saved = [os.dup(1), os.dup(2)]
-    except OSError:
-        yield
-        return
-    warn = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
         yield
     finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, devnull):
-            os.close(fd)
-        sitk.ProcessObject.SetGlobalWarningDisplay(warn)
+        with _QUIET_LOCK:
+            _QUIET_STATE["depth"] -= 1
+            if _QUIET_STATE["depth"] == 0:
+                saved, warn = _QUIET_STATE["saved"]
+                if saved is not None:
+                    os.dup2(saved[0], 1)
+                    os.dup2(saved[1], 2)
+                    for fd in saved:
+                        os.close(fd)
+                sitk.ProcessObject.SetGlobalWarningDisplay(warn)
+                _QUIET_STATE["saved"] = None
 
 
 def clean_text(value: Any) -> str:
