@@ -73,17 +73,28 @@ def check_ct_values(image: Image, what: str = "this task") -> None:
 
 
 def padding_mask(image: Image) -> tuple[np.ndarray, list[float]]:
-    """Voxels that are padding (below :data:`PADDING_BELOW_HU`, or the DICOM PixelPaddingValue), and the values."""
+    """Voxels that are padding, and the padding values.
+
+    Padding is a constant stored where the scanner reconstructed nothing (outside the scan circle): one exact
+    value below :data:`PADDING_BELOW_HU` held by many voxels (at least 0.1 % of the image, or 100), or the
+    DICOM PixelPaddingValue. Scattered values below -1100 HU (noise or resampling undershoot in air) are not
+    padding and stay as they are.
+    """
     arr = np.asarray(image.array)
-    if not np.issubdtype(arr.dtype, np.number) or arr.dtype == np.uint8 or float(arr.min()) >= PADDING_BELOW_HU and \
-            image.metadata.get("PixelPaddingValue") is None:
-        return np.zeros(arr.shape, bool), []
-    mask = arr < PADDING_BELOW_HU
+    none = np.zeros(arr.shape, bool), []
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.unsignedinteger) or arr.size == 0:
+        return none
     declared = image.metadata.get("PixelPaddingValue")
-    if declared is not None and float(declared) <= -1000:
-        mask |= arr == declared
-    values = sorted({float(v) for v in np.unique(arr[mask])[:5]}) if mask.any() else []
-    return mask, values
+    candidates: list[float] = []
+    if float(arr.min()) < PADDING_BELOW_HU:
+        values, counts = np.unique(arr[arr < PADDING_BELOW_HU], return_counts=True)
+        candidates = [float(v) for v, c in zip(values, counts) if c >= max(100, 0.001 * arr.size)]
+    if declared is not None and float(declared) <= -1000 and np.any(arr == declared):
+        candidates.append(float(declared))
+    if not candidates:
+        return none
+    values = sorted(set(candidates))
+    return np.isin(arr, np.asarray(values, dtype=arr.dtype)), values
 
 
 def map_padding_to_air(image: Image) -> tuple[Image, str | None]:
@@ -98,7 +109,7 @@ def map_padding_to_air(image: Image) -> tuple[Image, str | None]:
         return image, None
     arr[mask] = AIR_HU
     shown = ", ".join(f"{v:g}" for v in values[:3]) + (" ..." if len(values) > 3 else "")
-    warning = (f"{n} voxels ({100.0 * n / arr.size:.3g} %) held padding values ({shown} HU: outside the scanner's "
+    warning = (f"{n} voxels ({100.0 * n / arr.size:.3g} %) held padding values ({shown} HU
                f"reconstruction circle or below any CT number) and were mapped to air ({AIR_HU:g} HU)")
     return image.with_array(arr), warning
 
