@@ -109,8 +109,8 @@ def map_padding_to_air(image: Image) -> tuple[Image, str | None]:
         return image, None
     arr[mask] = AIR_HU
     shown = ", ".join(f"{v:g}" for v in values[:3]) + (" ..." if len(values) > 3 else "")
-    warning = (f"{n} voxels ({100.0 * n / arr.size:.3g} %) held padding values ({shown} HU
-               f"reconstruction circle or below any CT number) and were mapped to air ({AIR_HU:g} HU)")
+    warning = (f"{n} voxels ({100.0 * n / arr.size:.3g} %) held padding values ({shown} HU: stored where the "
+               f"scanner reconstructed nothing, outside its scan circle) and were mapped to air ({AIR_HU:g} HU)")
     return image.with_array(arr), warning
 
 
