@@ -158,9 +158,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = getattr(args, "task_cli", None) or _commands()[args.command]
         return command(args)
     except MSKSegError as e:
-        print(f"mskseg {args.command}: error: {e.message}", file=sys.stderr)
+        from .io.readers import clean_text
+
+        # paths and header values in a message may carry terminal escape codes: printed without them
+        message = "\n".join(clean_text(line) if line.strip() else "" for line in str(e.message).split("\n"))
+        print(f"mskseg {args.command}: error: {message}", file=sys.stderr)
         if e.hint:
-            print(f"  hint: {e.hint}", file=sys.stderr)
+            print(f"  hint: {clean_text(e.hint)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mskseg: interrupted", file=sys.stderr)
@@ -193,6 +197,7 @@ def _commands() -> dict:
 def cmd_info(args) -> int:
     """``mskseg info``: geometry, modality, patient attributes and series of an image."""
     from .io import list_dicom_series, read_image
+    from .io.readers import clean_text
 
     path = Path(args.image)
     series = list_dicom_series(path) if path.is_dir() else []
@@ -206,7 +211,7 @@ def cmd_info(args) -> int:
             "series": [s.__dict__ for s in series],
             "n_files": len(image.metadata.get("source_files", [])) or None}, indent=2))
         return 0
-    print(f"{path}")
+    print(clean_text(path))
     print(image.describe())
     print(f"format      {meta.get('format', '?')}" + (f", {len(image.metadata['source_files'])} DICOM files"
                                                      if image.metadata.get("source_files") else ""))
@@ -218,7 +223,9 @@ def cmd_info(args) -> int:
     if series:
         print(f"series found ({len(series)}):")
         for s in series:
-            print("  " + s.line())
+            print("  " + clean_text(s.line()))
+    for ignored in image.metadata.get("ignored_series", []):
+        print(f"note        read the one image series; left out the non-image object {clean_text(ignored)}")
     return 0
 
 
@@ -360,6 +367,8 @@ def cmd_segment(args) -> int:
             continue
         finally:
             bar.close()
+        for warning in result.details.get("warnings", []):
+            print(f"{name}: warning: {warning}")
         print(f"{name}: {len(written)} files in {Path(args.out) / name} ({time.perf_counter() - t0:.1f} s)")
     if failures:
         print(f"{failures} of {len(args.images)} cases failed", file=sys.stderr)

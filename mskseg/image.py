@@ -70,8 +70,16 @@ class Image:
         if len(self.origin) != nd:
             raise InvalidImageError(f"origin {self.origin} has {len(self.origin)} values for a {nd}D image")
         d = np.eye(nd) if self.direction is None else np.asarray(self.direction, dtype=float).reshape(nd, nd)
-        if not np.all(np.isfinite(d)) or abs(abs(np.linalg.det(d)) - 1.0) > 1e-3:
-            raise InvalidImageError(f"direction matrix {d.tolist()} is not orthonormal")
+        if not np.all(np.isfinite(d)):
+            raise InvalidImageError(f"direction matrix {d.tolist()} holds a non-finite value")
+        # Every pair of index axes at right angles and every axis of unit length (|det| = 1 alone lets a shear
+        # pass: a sheared matrix can have determinant 1).
+        gram_error = float(np.max(np.abs(d.T @ d - np.eye(nd))))
+        if gram_error > 1e-3:
+            raise InvalidImageError(
+                f"direction matrix {np.round(d, 4).tolist()} is not orthonormal (sheared or scaled index axes, "
+                f"error {gram_error:.3g}): the voxels are not on a rectangular grid",
+                "resample the image onto an orthogonal grid (e.g. correct the gantry tilt) before using it")
         self.direction = d
 
     # ----------------------------------------------------------------- shape

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .ctvalues import check_ct_values, map_padding_to_air
 from .engine import CancelToken, DeviceChoice, Progress, sub_progress
 from .errors import InvalidImageError
 from .image import Image, axial_plane, labels_on_grid, resample_to_spacing
@@ -48,6 +49,9 @@ def check_input(image: Image, card: ModelCard) -> None:
             f"model '{card.name}' expects {'/'.join(card.modalities)} images, this image is {modality}",
             "choose a model for this modality (`mskseg models`), or check that the right series was loaded",
         )
+    if "CT" in card.modalities and (not modality or modality == "CT") and \
+            not set(card.modalities) & {"DX", "CR", "XR", "RG", "MG"}:
+        check_ct_values(image, f"model '{card.name}' (trained on CT Hounsfield units)")
     if card.dimensions == "3d" and (image.ndim != 3 or image.array.shape[0] < 2):
         raise InvalidImageError(f"model '{card.name}' is a 3D model and needs a volume; the image is "
                                 f"{image.ndim}D with shape {image.array.shape}")
@@ -210,6 +214,11 @@ def segment_image(image: Image, card: ModelCard, *, device: str = "auto", progre
     if report:
         report(0.0, "loading model")
     net, chosen = load_network(card, device, model)
+    warnings = []
+    source = image
+    if "CT" in card.modalities and (image.modality or "CT") == "CT":
+        image, padding_warning = map_padding_to_air(image)  # -3024 / -2048 outside the scan circle: air
+        warnings += [padding_warning] if padding_warning else []
     work = resample_to_model(image, card)
     volume = work.array[None] if work.ndim == 2 else work.array
     x = normalise(volume.astype(np.float32), card.input)
@@ -227,5 +236,8 @@ def segment_image(image: Image, card: ModelCard, *, device: str = "auto", progre
     unknown = present - set(card.labels)
     if unknown:  # a network with more outputs than the card names: never write unnamed labels
         lab = np.where(np.isin(lab, list(unknown)), 0, lab)
-    return SegmentationResult(image.with_array(lab, keep_metadata=False), dict(card.labels), card.name,
-                              chosen.device, time.perf_counter() - t0, {"device_reason": chosen.reason})
+    details = {"device_reason": chosen.reason}
+    if warnings:
+        details["warnings"] = warnings
+    return SegmentationResult(source.with_array(lab, keep_metadata=False), dict(card.labels), card.name,
+                              chosen.device, time.perf_counter() - t0, details)

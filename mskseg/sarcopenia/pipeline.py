@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..engine import CancelToken, Progress
+from ..ctvalues import check_ct_values, fov_cut_warning, map_padding_to_air
 from ..errors import InvalidImageError, MSKSegError
 from ..image import Image
 from ..io.common import Labels, flat_rows, to_jsonable
@@ -238,6 +239,9 @@ def run_sarcopenia(
         settings = settings if settings is not None else BodyCompSettings()
         check_ct(image)  # a CT volume in HU, before anything else (2D images get their own message)
         canon, how = to_canonical(image)
+        canon, padding_warning = map_padding_to_air(canon)  # -3024 / -2048 outside the scan circle: air
+        if padding_warning:
+            warnings.append(padding_warning)
         if level_index is None and (level is None or wanted is not None):
             l3_module.check_ct_for_l3(canon)  # usable spacing, not thorax only
         elif level_index is not None:  # the user chose the slice: any CT volume in HU will do
@@ -281,6 +285,11 @@ def run_sarcopenia(
         labelmap = windowed_labelmap(canon, tissue.labelmap, labels, slices, settings)
         if muscle_groups and tissue.group_labelmap is not None and tissue.group_labels:
             labelmap, labels = paint_muscle_groups(labelmap, labels, tissue.group_labelmap, tissue.group_labels)
+
+        for k in slices:  # a body cut by the field of view: SAT/VAT too small
+            cut = fov_cut_warning(labelmap.array, k)
+            if cut:
+                warnings.append(cut)
 
     with runner.step("measure", "measuring"):
         source = "user" if level_index is not None else \
@@ -421,6 +430,8 @@ def check_ct(image: Image) -> None:
     Raises:
         InvalidImageError: a 2D image, a DICOM Modality other than CT, or no voxel below -500 HU (no air).
     """
+    if image.metadata.get("picture") or image.metadata.get("rgb"):
+        check_ct_values(image, "body composition at L3")  # a picture: say so before "2D"
     if image.ndim != 3:
         raise InvalidImageError(
             f"the image is 2D ({image.array.shape[1]} x {image.array.shape[0]} pixels); body composition at L3 "
@@ -434,8 +445,7 @@ def check_ct(image: Image) -> None:
             f"the image is {names.get(modality, f'of modality {modality}')} (DICOM Modality {modality}); body "
             "composition at L3 is defined on CT Hounsfield units",
             "choose the CT series of the study (mskseg info FOLDER lists the series)")
-    if not np.issubdtype(image.array.dtype, np.number):
-        raise InvalidImageError(f"voxels of type {image.array.dtype} are not CT numbers")
+    check_ct_values(image, "body composition at L3")
     lowest = float(np.min(image.array))
     if lowest > _CT_AIR_HU:
         highest = float(np.max(image.array))
