@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -152,7 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         command = getattr(args, "task_cli", None) or _commands()[args.command]
-        return command(args)
+        with warnings.catch_warnings():
+            _show_own_warnings_plainly(args.command)
+            return command(args)
     except MSKSegError as e:
         print(f"mskseg {args.command}: error: {e.message}", file=sys.stderr)
         if e.hint:
@@ -168,6 +171,21 @@ def main(argv: Sequence[str] | None = None) -> int:
               "  hint: run again with --debug for the traceback, and report it with the command you ran",
               file=sys.stderr)
         return 1
+
+
+def _show_own_warnings_plainly(command: str) -> None:
+    """Print MSKSeg's own warnings (categories defined in ``mskseg``) as ``mskseg COMMAND: warning: ...`` lines
+    on stderr, without Python's file and line; other warnings keep Python's format. Call inside
+    ``warnings.catch_warnings()``."""
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if getattr(category, "__module__", "").startswith("mskseg"):
+            print(f"mskseg {command}: warning: {message}", file=file or sys.stderr)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 def _commands() -> dict:
