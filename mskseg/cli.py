@@ -26,8 +26,9 @@ examples:
   mskseg info path/to/dicom-folder           geometry, modality, patient attributes, series found
   mskseg export ct.nii.gz labels.nii.gz --labels 1=skeletal_muscle,2=subcutaneous_fat --out results/
                                              label map -> .seg.nrrd, DICOM-SEG (DICOM input), NIfTI, CSV, PNG
-  mskseg segment scan1/ scan2.nii.gz --model Resources/Models/<card>.json --out results/
-                                             run a model card on one scan or a cohort (one sub-folder each)
+  mskseg segment scan1/ scan2.nii.gz --model sarcopenia-l3-tissue-2d --out results/
+                                             run a model card (a name `mskseg models` lists, or a .card.json
+                                             path) on one scan or several (one sub-folder each)
   mskseg models                              list installed model cards
   mskseg device                              which device inference will use, and why
   mskseg synth preview --out gallery.png     a gallery of synthetic L3 training slices
@@ -72,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_args(s)
     s.add_argument("--labels", metavar="V=NAME,...",
                    help="names of the label values, e.g. 1=skeletal_muscle,2=subcutaneous_fat (class names of "
-                        "`mskseg terminology`; other names are allowed). Default: the .seg.nrrd names, else label_V")
+                        "`mskseg terminology`; other names are allowed). Default: the .seg.nrrd names, or those of a "
+                        "<name>.labels.json beside the label map (as MSKSeg writes beside NIfTI), else label_V")
     s.add_argument("--series", metavar="UID", help="SeriesInstanceUID when the image folder holds several series")
 
     s = sub.add_parser("segment", help="run a model card on one scan or a cohort",
@@ -80,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "results of each into OUT/<case name>/. Weights are checked against the card's "
                                    "sha256 before use. Runs on CUDA, then MPS, then CPU unless --device says.")
     s.add_argument("images", nargs="+", help="image files or DICOM folders (a cohort: list them all)")
-    s.add_argument("--model", required=True, metavar="CARD", help="model card JSON (see `mskseg models`)")
+    s.add_argument("--model", required=True, metavar="CARD",
+                   help="model card: a name that `mskseg models` lists, a .card.json file or a folder holding one")
     _add_output_args(s)
     s.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     s.add_argument("--series", metavar="UID", help="SeriesInstanceUID when a folder holds several series")
@@ -298,13 +301,14 @@ def cmd_export(args) -> int:
     from .io import read_image
     from .io.export import export_result
     from .io.segnrrd import read_seg_nrrd
+    from .io.writers import read_labels_sidecar
 
     image = read_image(args.image, series_uid=args.series)
     if str(args.labelmap).lower().endswith(".seg.nrrd"):
         labelmap, labels = read_seg_nrrd(args.labelmap)
     else:
         labelmap = read_image(args.labelmap)
-        labels = {}
+        labels = read_labels_sidecar(args.labelmap) or {}  # <name>.labels.json, as MSKSeg writes beside NIfTI
     given = _parse_labels(args.labels)
     if given:
         labels = given
@@ -328,9 +332,11 @@ def cmd_segment(args) -> int:
     from .cardtask import export_card_result, run_card
     from .engine import choose_device
     from .io import read_image
-    from .models import load_model_card
+    from .models import resolve_model_card
+    from .pipeline import check_segmentation_card
 
-    card = load_model_card(args.model)
+    card = resolve_model_card(args.model)
+    check_segmentation_card(card)
     device = choose_device(args.device)
     print(f"model   {card.title} ({card.path})")
     print(f"device  {device.device}: {device.reason}")
@@ -375,8 +381,12 @@ def cmd_models(args) -> int:
     if not cards:
         print("no model cards found (searched $MSKSEG_MODELS_DIR and Resources/Models/)")
         return 0
+    from .models.networks import NOT_SEGMENTATION
+
     for c in cards:
-        print(f"{c.name:28s} {c.task:10s} {c.title}  [{c.path}]")
+        role = NOT_SEGMENTATION.get(str(c.architecture.get("name", "")))
+        use = f"  ({role}; not for `mskseg segment`)" if role else ""
+        print(f"{c.name:28s} {c.task:10s} {c.title}{use}  [{c.path}]")
     return 0
 
 

@@ -18,13 +18,14 @@ from ..errors import MSKSegError
 TRAIN_EPILOG = """\
 examples:
   # fine-tune a shipped L3 model on your own labelled slices (.seg.nrrd, NIfTI, NRRD, DICOM + DICOM-SEG, PNG)
-  mskseg train --data ~/l3-cohort --fine-tune sarcopenia-l3-2.5d --epochs 30 --out runs/my-l3
+  mskseg train --data ~/l3-cohort --fine-tune sarcopenia-l3-tissue-2d --epochs 30 --out runs/my-l3
 
   # train from scratch with a card's recipe (classes, spacing, window, architecture), 5-fold CV, fold 0
-  mskseg train --data ~/l3-cohort --model sarcopenia-l3-2.5d --folds 5 --fold 0 --name my-l3-f0 --out runs/f0
+  mskseg train --data ~/l3-cohort --model sarcopenia-l3-tissue-2d --folds 5 --fold 0 --name my-l3-f0 --out runs/f0
 
-  # a 2D U-Net on the data's own spacing with a soft-tissue window ('=' before a negative number)
-  mskseg train --data ~/l3-cohort --labels 1=skeletal_muscle --window=-160,240 --out runs/muscle
+  # a muscle-only 2D U-Net on label maps that carry no names (value 1 = muscle), on the data's own spacing with
+  # a soft-tissue window ('=' before a negative number)
+  mskseg train --data ~/muscle-cohort --labels 1=skeletal_muscle --window=-160,240 --out runs/muscle
 
   # a small 2D U-Net on PNG pairs whose masks hold label values 1..3
   mskseg train --data ~/png-pairs --labels 1=skeletal_muscle,2=subcutaneous_fat,3=visceral_fat \\
