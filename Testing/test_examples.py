@@ -73,7 +73,7 @@ SYNOPSIS: dict[str, list[str]] = {
     "mskseg sarcopenia <ct> --height 1.72 --weight 68 --sex F --out DIR": [
         'mskseg sarcopenia ct.nii.gz --height 1.72 --weight 68 --sex F --out DIR --cutoffs "Prado 2008" --slab 3 '
         "--method network --model sarcopenia-l3-tissue-2d --muscle-groups --vat-window=-190,-30 --allow-fallback",
-        "mskseg sarcopenia ct-folder/ --levels 28 --method rules --out DIR",
+        "mskseg sarcopenia ct-folder/ --levels 28 --method rules --vat-window -190,-30 --out DIR",
     ],
     "mskseg info <image>": ["mskseg info ct.nii.gz"],
     "mskseg demo --out DIR": ["mskseg demo --out DIR"],

@@ -143,12 +143,35 @@ def _add_output_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
+#: Options whose value is a range ``LO,HI`` that may start with a minus sign (argparse would take ``-190,-30``
+#: for an option of its own).
+RANGE_OPTIONS = ("--vat-window", "--window")
+
+
+def join_negative_ranges(words: list[str]) -> list[str]:
+    """``--vat-window -190,-30`` -> ``--vat-window=-190,-30`` (and the same for every :data:`RANGE_OPTIONS`), so
+    that both spellings work."""
+    import re
+
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        if (words[i] in RANGE_OPTIONS and i + 1 < len(words)
+                and re.fullmatch(r"-[0-9.]+\s*,\s*-?[0-9.]+", words[i + 1])):
+            out.append(f"{words[i]}={words[i + 1]}")
+            i += 2
+        else:
+            out.append(words[i])
+            i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mskseg`` command; returns the exit status."""
     from .batch_cli import split_task_options
 
     parser = build_parser()
-    words, task_options = split_task_options(list(sys.argv[1:] if argv is None else argv))
+    words, task_options = split_task_options(join_negative_ranges(list(sys.argv[1:] if argv is None else argv)))
     args = parser.parse_args(words)
     args.task_options = task_options
     if not args.command:

@@ -134,8 +134,8 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--spacing", metavar="MM,MM[,MM]|own", help="resample to this spacing (i,j[,k]) or keep 'own'")
     g.add_argument("--normalisation", choices=("window", "zscore", "none"))
     g.add_argument("--window", metavar="LOW,HIGH",
-                   help="intensity window, e.g. --window=-160,240 (write '=' before a negative number; default "
-                        "-250,250 for CT, 0,255 for PNG data)")
+                   help="intensity window, e.g. --window -160,240 (or --window=-160,240; default -250,250 for CT, "
+                        "0,255 for PNG data)")
     g.add_argument("--patch-size", metavar="N,N[,N]", help="training patch (default: the data's size, at most 256)")
     g.add_argument("--architecture", metavar="NAME|JSON",
                    help="unet-tiny, unet-small (default), unet-medium, a network name (monai.BasicUNet, ...) or "
