@@ -175,8 +175,9 @@ def _collect() -> dict[str, list[str]]:
 
 
 EXAMPLES = _collect()
-RUNNABLE = sorted({c for e in EXAMPLES if e.startswith("mskseg ") and e not in SYNOPSIS and e not in NOT_RUN
-                   for c in [e]} | {c for e in EXAMPLES if e in SYNOPSIS for c in SYNOPSIS[e]})
+#: The commands run by :func:`test_example_runs`: the examples themselves, and what the synopsis lines stand for.
+RUNNABLE = sorted({e for e in EXAMPLES if e.startswith("mskseg ") and e not in SYNOPSIS and e not in NOT_RUN}
+                  | {c for e in EXAMPLES if e in SYNOPSIS for c in SYNOPSIS[e]})
 
 
 def test_every_example_is_classified():
@@ -241,7 +242,8 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("example-inputs")
     p: dict[str, Path] = {}
     ct = _torso(3)
-    p["ct_dicom"] = write_dicom_series(ct.image, root / "ct-folder") and root / "ct-folder"
+    write_dicom_series(ct.image, root / "ct-folder")
+    p["ct_dicom"] = root / "ct-folder"
     p["ct_nifti"] = root / "ct.nii.gz"
     sitk.WriteImage(ct.image.to_sitk(), str(p["ct_nifti"]))
     tissue = ct.tissue.array
@@ -339,7 +341,7 @@ def _substitute(command: str, inputs: dict[str, Path], request) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("command", RUNNABLE)
+@pytest.mark.parametrize("command", RUNNABLE, ids=[re.sub(r"[^\w./=,-]+", "_", c)[:90] for c in RUNNABLE])
 def test_example_runs(command, inputs, tmp_path, monkeypatch, request, capsys):
     """The example exits with status 0 (the status its help documents for success)."""
     import mskseg.synth.torso
