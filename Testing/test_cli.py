@@ -156,3 +156,28 @@ def test_segment_runs_a_card_on_a_cohort_and_refuses_tampered_weights(tmp_path, 
     bad = run("segment", tmp_path / "a.nii.gz", "--model", card.path, "--out", tmp_path / "out2")
     assert_clear_error(bad, "sha256")
     assert not (tmp_path / "out2").exists()
+
+
+def test_export_gives_back_the_names_of_a_nifti_written_by_mskseg(tmp_path):
+    """segmentation.nii.gz with its segmentation.labels.json (as `mskseg demo` writes them) keeps its names."""
+    assert run("demo", "--out", tmp_path / "d").returncode == 0
+    p = run("export", tmp_path / "d" / "ct-dicom", tmp_path / "d" / "segmentation.nii.gz", "--out", tmp_path / "e",
+            "--formats", "json")
+    assert p.returncode == 0, p.stderr
+    rows = json.loads((tmp_path / "e" / "metrics.json").read_text())["rows"]
+    assert {r["class"] for r in rows} == {"skeletal_muscle", "subcutaneous_fat", "visceral_fat", "vertebrae_L3"}
+    (tmp_path / "d" / "segmentation.labels.json").write_text("{not json")
+    assert_clear_error(run("export", tmp_path / "d" / "ct-dicom", tmp_path / "d" / "segmentation.nii.gz",
+                           "--out", tmp_path / "f"), "labels.json")
+
+
+def test_a_negative_range_is_accepted_with_or_without_equals_sign():
+    from mskseg.cli import build_parser, join_negative_ranges
+
+    words = join_negative_ranges(["sarcopenia", "ct.nii.gz", "--vat-window", "-190,-30", "--out", "r"])
+    assert words[2] == "--vat-window=-190,-30"
+    assert build_parser().parse_args(words).vat_window == "-190,-30"
+    assert join_negative_ranges(["train", "--window", "-160,240"]) == ["train", "--window=-160,240"]
+    assert join_negative_ranges(["train", "--window", "0,255"]) == ["train", "--window", "0,255"]
+    words = join_negative_ranges(["batch", "sarcopenia", "--", "--vat-window", "-190,-30"])
+    assert words[-1] == "--vat-window=-190,-30"

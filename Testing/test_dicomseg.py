@@ -354,3 +354,43 @@ def test_seg_on_the_real_jpeg2000_series_with_blank_sop_class_in_its_datasets(tm
     ref = pydicom.dcmread(path).ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
     assert ref.ReferencedSOPClassUID == first.file_meta.MediaStorageSOPClassUID
     assert dciodvfy_errors(path) == [] if shutil.which("dciodvfy") else True
+
+
+def test_seg_on_the_real_ircad_series_without_frame_of_reference_uid(tmp_path, shared_data):
+    """3D-IRCADb 17 is anonymised without (0020,0052): the SEG names a new Frame of Reference (the same for
+    every export of the series), says so in a warning, reads back onto the CT and passes dciodvfy."""
+    from mskseg.io import read_image
+    from mskseg.io.dicomseg import DicomSegWarning
+
+    ct = read_image(shared_data / "ircad-abdomen-ct17" / "dicom")
+    first = pydicom.dcmread(ct.metadata["source_files"][0], stop_before_pixels=True)
+    assert not first.get("FrameOfReferenceUID")  # what makes this case special
+    lab = np.zeros(ct.array.shape, np.uint8)
+    k = ct.array.shape[0] // 2
+    lab[k - 2:k + 3][ct.array[k - 2:k + 3] > 200] = 1
+    lab[k, 100:200, 150:300] = 2
+    labels = {1: "vertebrae_L3", 2: "skeletal_muscle"}
+    uids = []
+    for name in ("a.dcm", "b.dcm"):
+        with pytest.warns(DicomSegWarning, match="no Frame of Reference UID"):
+            path = write_dicom_seg(tmp_path / name, ct.with_array(lab), labels, ct)
+        seg = pydicom.dcmread(path)
+        uids.append(str(seg.FrameOfReferenceUID))
+    assert uids[0] == uids[1] and uids[0]
+    back, names = read_dicom_seg(path, ct)
+    assert names == labels and np.array_equal(back.array, lab)
+    assert not pydicom.dcmread(ct.metadata["source_files"][0], stop_before_pixels=True).get("FrameOfReferenceUID")
+    if shutil.which("dciodvfy"):
+        assert dciodvfy_errors(path) == []
+
+
+def test_source_slices_with_mixed_frames_of_reference_are_refused(tmp_path, ct3, liver_map):
+    from mskseg.io import dicomseg
+
+    datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in ct3.metadata["source_files"]]
+    datasets[-1].FrameOfReferenceUID = "1.2.3.4"
+    with pytest.raises(InvalidImageError, match="different Frames of Reference"):
+        dicomseg._fill_missing_frame_of_reference(datasets, ct3.metadata["source_files"])
+    del datasets[-1].FrameOfReferenceUID
+    with pytest.raises(InvalidImageError, match="have none"):
+        dicomseg._fill_missing_frame_of_reference(datasets, ct3.metadata["source_files"])

@@ -245,3 +245,23 @@ def test_demo_ct_is_a_fixed_normal_abdominal_ct_with_patient_metadata():
     assert {"T11", "T12", "L1", "L2", "L3", "L4", "L5"} <= set(d.level_slices)
     assert d.l3_index == d.level_slices["L3"]
     assert d.meta["phase"] == "portal"
+    # continuous along the body axis: the aorta in every slice from L4 to T12, bowel in every slice from L5 up
+    # to L1 (a float32 rounding in the grid's boxes once dropped whole slices of every tube-shaped structure)
+    lab = d.labels.array
+    per_slice = lambda name: (lab == [v for v, n in TORSO_LABELS.items() if n == name][0]).any(axis=(1, 2))  # noqa: E731
+    assert per_slice("aorta")[d.level_slices["L4"]:d.level_slices["T12"] + 1].all()
+    bowel = per_slice("small_bowel") | per_slice("colon")
+    assert bowel[d.level_slices["L5"]:d.level_slices["L1"] + 1].all()
+    hips = per_slice("hip_left")
+    assert hips[:d.level_slices["L5"]].all()
+
+
+@pytest.mark.parametrize("z0", [-129.019840622214, 0.3, 17.123, -500.77])
+@pytest.mark.parametrize("sk", [0.625, 1.25, 2.5, 3.0, 5.0])
+def test_grid_box_around_a_slice_centre_selects_that_slice(z0, sk):
+    from mskseg.synth.torso_shapes import TorsoGrid
+
+    g = TorsoGrid(8, 8, 300, (0.78125, 0.78125, sk), (0.0, 0.0), z0)
+    for k in range(g.nk):
+        z = float(g.z[k])
+        assert g.box((0.0, 0.0, z), (1.0, 1.0, z))[0] == slice(k, k + 1)

@@ -79,7 +79,7 @@ def run_batch_cli(args: argparse.Namespace) -> int:
     else:
         print(f"{counts.get('done', 0)} of {len(cases)} cases done, {failed} failed; table: {report.table_csv}")
         if failed:
-            print(f"the failed cases say why in the 'reason' column; run the same command again to retry them",
+            print("the failed cases say why in the 'reason' column; run the same command again to retry them",
                   file=sys.stderr)
     return 2 if failed else 0
 

@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -25,8 +26,9 @@ examples:
   mskseg info path/to/dicom-folder           geometry, modality, patient attributes, series found
   mskseg export ct.nii.gz labels.nii.gz --labels 1=skeletal_muscle,2=subcutaneous_fat --out results/
                                              label map -> .seg.nrrd, DICOM-SEG (DICOM input), NIfTI, CSV, PNG
-  mskseg segment scan1/ scan2.nii.gz --model Resources/Models/<card>.json --out results/
-                                             run a model card on one scan or a cohort (one sub-folder each)
+  mskseg segment scan1/ scan2.nii.gz --model sarcopenia-l3-tissue-2d --out results/
+                                             run a model card (a name `mskseg models` lists, or a .card.json
+                                             path) on one scan or several (one sub-folder each)
   mskseg models                              list installed model cards
   mskseg device                              which device inference will use, and why
   mskseg synth preview --out gallery.png     a gallery of synthetic L3 training slices
@@ -71,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_args(s)
     s.add_argument("--labels", metavar="V=NAME,...",
                    help="names of the label values, e.g. 1=skeletal_muscle,2=subcutaneous_fat (class names of "
-                        "`mskseg terminology`; other names are allowed). Default: the .seg.nrrd names, else label_V")
+                        "`mskseg terminology`; other names are allowed). Default: the .seg.nrrd names, or those of a "
+                        "<name>.labels.json beside the label map (as MSKSeg writes beside NIfTI), else label_V")
     s.add_argument("--series", metavar="UID", help="SeriesInstanceUID when the image folder holds several series")
 
     s = sub.add_parser("segment", help="run a model card on one scan or a cohort",
@@ -79,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "results of each into OUT/<case name>/. Weights are checked against the card's "
                                    "sha256 before use. Runs on CUDA, then MPS, then CPU unless --device says.")
     s.add_argument("images", nargs="+", help="image files or DICOM folders (a cohort: list them all)")
-    s.add_argument("--model", required=True, metavar="CARD", help="model card JSON (see `mskseg models`)")
+    s.add_argument("--model", required=True, metavar="CARD",
+                   help="model card: a name that `mskseg models` lists, a .card.json file or a folder holding one")
     _add_output_args(s)
     s.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     s.add_argument("--series", metavar="UID", help="SeriesInstanceUID when a folder holds several series")
@@ -139,6 +143,29 @@ def _add_output_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
+#: Options whose value is a range ``LO,HI`` that may start with a minus sign (argparse would take ``-190,-30``
+#: for an option of its own).
+RANGE_OPTIONS = ("--vat-window", "--window")
+
+
+def join_negative_ranges(words: list[str]) -> list[str]:
+    """``--vat-window -190,-30`` -> ``--vat-window=-190,-30`` (and the same for every :data:`RANGE_OPTIONS`), so
+    that both spellings work."""
+    import re
+
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        if (words[i] in RANGE_OPTIONS and i + 1 < len(words)
+                and re.fullmatch(r"-[0-9.]+\s*,\s*-?[0-9.]+", words[i + 1])):
+            out.append(f"{words[i]}={words[i + 1]}")
+            i += 2
+        else:
+            out.append(words[i])
+            i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mskseg`` command; returns the exit status."""
     from .batch_cli import split_task_options
@@ -148,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         terminate_on_sigterm()
     parser = build_parser()
-    words, task_options = split_task_options(list(sys.argv[1:] if argv is None else argv))
+    words, task_options = split_task_options(join_negative_ranges(list(sys.argv[1:] if argv is None else argv)))
     args = parser.parse_args(words)
     args.task_options = task_options
     if not args.command:
@@ -156,7 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         command = getattr(args, "task_cli", None) or _commands()[args.command]
-        return command(args)
+        with warnings.catch_warnings():
+            _show_own_warnings_plainly(args.command)
+            return command(args)
     except MSKSegError as e:
         from .io.readers import clean_text
 
@@ -176,6 +205,21 @@ def main(argv: Sequence[str] | None = None) -> int:
               "  hint: run again with --debug for the traceback, and report it with the command you ran",
               file=sys.stderr)
         return 1
+
+
+def _show_own_warnings_plainly(command: str) -> None:
+    """Print MSKSeg's own warnings (categories defined in ``mskseg``) as ``mskseg COMMAND: warning: ...`` lines
+    on stderr, without Python's file and line; other warnings keep Python's format. Call inside
+    ``warnings.catch_warnings()``."""
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if getattr(category, "__module__", "").startswith("mskseg"):
+            print(f"mskseg {command}: warning: {message}", file=file or sys.stderr)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 def _commands() -> dict:
@@ -299,6 +343,7 @@ def cmd_export(args) -> int:
     from .io.export import export_result
     from .io.output import check_output
     from .io.segnrrd import read_seg_nrrd
+    from .io.writers import read_labels_sidecar
 
     check_output(args.out, overwrite=args.overwrite, inputs=[args.image])
     image = read_image(args.image, series_uid=args.series)
@@ -306,7 +351,7 @@ def cmd_export(args) -> int:
         labelmap, labels = read_seg_nrrd(args.labelmap)
     else:
         labelmap = read_image(args.labelmap)
-        labels = {}
+        labels = read_labels_sidecar(args.labelmap) or {}  # <name>.labels.json, as MSKSeg writes beside NIfTI
     given = _parse_labels(args.labels)
     if given:
         labels = given
@@ -332,9 +377,11 @@ def cmd_segment(args) -> int:
     from .io import read_image
     from .io.export import FILE_NAMES
     from .io.output import check_output, child_folder
-    from .models import load_model_card
+    from .models import resolve_model_card
+    from .pipeline import check_segmentation_card
 
-    card = load_model_card(args.model)
+    card = resolve_model_card(args.model)
+    check_segmentation_card(card)
     device = choose_device(args.device)
     print(f"model   {card.title} ({card.path})")
     print(f"device  {device.device}: {device.reason}")
@@ -384,8 +431,12 @@ def cmd_models(args) -> int:
     if not cards:
         print("no model cards found (searched $MSKSEG_MODELS_DIR and Resources/Models/)")
         return 0
+    from .models.networks import NOT_SEGMENTATION
+
     for c in cards:
-        print(f"{c.name:28s} {c.task:10s} {c.title}  [{c.path}]")
+        role = NOT_SEGMENTATION.get(str(c.architecture.get("name", "")))
+        use = f"  ({role}; not for `mskseg segment`)" if role else ""
+        print(f"{c.name:28s} {c.task:10s} {c.title}{use}  [{c.path}]")
     return 0
 
 

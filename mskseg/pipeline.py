@@ -37,12 +37,31 @@ class SegmentationResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def check_segmentation_card(card: ModelCard) -> None:
+    """Refuse a card whose network does not segment (:data:`mskseg.models.networks.NOT_SEGMENTATION`).
+
+    Raises:
+        ModelCardError: naming what the card is and which command runs it.
+    """
+    from .errors import ModelCardError
+    from .models.networks import NOT_SEGMENTATION
+
+    role = NOT_SEGMENTATION.get(str(card.architecture.get("name", "")))
+    if role is not None:
+        raise ModelCardError(
+            f"model '{card.name}' is {role}, not a segmentation network",
+            "choose a segmentation model card (`mskseg models` marks which command runs each card)",
+        )
+
+
 def check_input(image: Image, card: ModelCard) -> None:
-    """Refuse images the model cannot take: wrong modality, 3D model on a 2D image, too few slices.
+    """Refuse images the model cannot take (wrong modality, 3D model on a 2D image, too few slices) and cards
+    that are not segmentation networks (:data:`mskseg.models.networks.NOT_SEGMENTATION`).
 
     Raises:
         InvalidImageError: with what was expected and what was found.
     """
+    check_segmentation_card(card)
     modality = image.modality
     if modality and modality not in card.modalities:
         raise InvalidImageError(

@@ -20,6 +20,13 @@ Choices made here, and why:
   1), so label values ``{1, 5}`` come back from :func:`read_dicom_seg` as ``{1, 2}`` with the same names.
 * **Frames are placed by their position in the patient** (ImagePositionPatient against the image grid), never
   by their order in the file, so a series whose k axis runs against the slice positions maps back exactly.
+* **A source series without a Frame of Reference UID gets one for the SEG**, with a :class:`DicomSegWarning`.
+  Anonymisers sometimes remove (0020,0052); the Segmentation IOD requires the Frame of Reference module
+  (FrameOfReferenceUID is Type 1) because its frames are placed in patient coordinates. The new UID is derived
+  from the source's SOP Instance UIDs, so every export of one series names the same frame, and is written
+  only into the SEG (the source files are never changed). It does not match any UID of the source series: a
+  viewer finds the CT through the SEG's references to the source instances (Referenced Series Sequence and
+  each frame's Source Image Sequence), not through the Frame of Reference.
 * **Overlapping segments are an error on reading** (:class:`~mskseg.errors.InvalidImageError`): a label map
   holds one class per voxel, and silently giving a voxel to one of two classes would change volumes and areas
   without telling anyone. Pass ``overlap="later_wins"`` to accept the loss knowingly (the segment with the
@@ -50,6 +57,13 @@ _SEG_SOP_CLASS_UIDS = {
     "1.2.840.10008.5.1.4.1.1.66.4": "BINARY/FRACTIONAL",
     "1.2.840.10008.5.1.4.1.1.66.7": "LABELMAP",
 }
+
+
+class DicomSegWarning(UserWarning):
+    """Something about the DICOM-SEG that the user should know, though the file was written (e.g. a Frame of
+    Reference UID made for a source series that had none)."""
+
+
 # Position tolerance, as a fraction of the voxel size, for placing a frame on a grid slice.
 _POSITION_TOLERANCE = 0.05
 _DIRECTION_TOLERANCE = 1e-3
@@ -310,7 +324,42 @@ def _read_source_datasets(files: list[str], source: Image) -> list:
                 "read the series with mskseg.io.read_image so that the image keeps the DICOM pixel layout",
             )
     _fill_blank_series_uids(datasets)
+    _fill_missing_frame_of_reference(datasets, files)
     return datasets
+
+
+def _fill_missing_frame_of_reference(datasets: list, files: list[str]) -> None:
+    """Give the in-memory headers of a series without a FrameOfReferenceUID one derived from its SOP Instance
+    UIDs, and warn (:class:`DicomSegWarning`); see the module docstring.
+
+    Raises:
+        InvalidImageError: only some slices of the series carry a FrameOfReferenceUID, or they carry several
+            (the slices are not one frame of reference, so no single SEG can reference them all).
+    """
+    from pydicom.uid import generate_uid
+
+    present = {str(ds.FrameOfReferenceUID) for ds in datasets if ds.get("FrameOfReferenceUID")}
+    if len(present) > 1:
+        raise InvalidImageError(
+            f"the source slices name {len(present)} different Frames of Reference (FrameOfReferenceUID)",
+            "a DICOM-SEG references one frame of reference: read one series at a time (--series UID)")
+    if present and all(ds.get("FrameOfReferenceUID") for ds in datasets):
+        return
+    if present:
+        missing = next(f for f, ds in zip(files, datasets) if not ds.get("FrameOfReferenceUID"))
+        raise InvalidImageError(
+            f"some source slices have a FrameOfReferenceUID and others (e.g. {missing}) have none",
+            "the series is incomplete or mixed: read it again from the original files")
+    instances = [str(ds.get("SOPInstanceUID", "")) for ds in datasets]
+    uid = generate_uid(entropy_srcs=["FrameOfReferenceUID", *instances])
+    for ds in datasets:
+        ds.FrameOfReferenceUID = uid
+        if "PositionReferenceIndicator" not in ds:
+            ds.PositionReferenceIndicator = ""  # type 2: unknown
+    warnings.warn(
+        f"the source series has no Frame of Reference UID (removed by anonymisation?): the DICOM-SEG names a new "
+        f"one, {uid}, derived from the source instances; it references the CT by its instance UIDs",
+        DicomSegWarning, stacklevel=3)
 
 
 def _fill_blank_series_uids(datasets: list) -> None:

@@ -37,11 +37,31 @@ def write_nifti_labelmap(path: str | Path, labelmap: Image, labels: Labels, *, s
 
 def _sidecar(path: Path) -> Path:
     name = path.name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
+        if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break
     return path.with_name(name + ".labels.json")
+
+
+def read_labels_sidecar(path: str | Path) -> Labels | None:
+    """The label names of a label map file from its ``<name>.labels.json`` sidecar (as
+    :func:`write_nifti_labelmap` writes it), or None when there is no sidecar.
+
+    Raises:
+        InvalidImageError: the sidecar is not a list of ``{"value", "name"}`` entries.
+    """
+    from ..errors import InvalidImageError
+
+    sidecar = _sidecar(Path(path))
+    if not sidecar.is_file():
+        return None
+    try:
+        entries = json.loads(sidecar.read_text(encoding="utf-8"))
+        return {int(e["value"]): str(e["name"]) for e in entries}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidImageError(f"label sidecar {sidecar} is not a list of {{value, name}} entries: {exc}",
+                                "fix or remove the sidecar, or name the values with --labels") from exc
 
 
 def write_metrics_csv(path: str | Path, rows: Sequence[dict[str, Any]], *, overwrite: bool = False,

@@ -6,7 +6,7 @@ read or a network is built.
 Typical use::
 
     from mskseg.models import resolve_model_card, load_model
-    card = resolve_model_card("sarcopenia-l3-2.5d", task="sarcopenia")   # or a path to a .card.json
+    card = resolve_model_card("sarcopenia-l3-tissue-2d", task="sarcopenia")   # or a path to a .card.json
     model = load_model(card, device="cpu")                                # sha256 checked first
     labels = card.labels                                                  # {1: "skeletal_muscle", ...}
 """

@@ -54,6 +54,13 @@ NETWORKS: dict[str, Callable[..., torch.nn.Module]] = {
 }
 
 
+#: Architectures that are not per-voxel segmentation networks -> what they are and which command runs them.
+#: ``mskseg segment``, BoneSeg and SpineSeg refuse cards of these (they cannot turn the output into a label map).
+NOT_SEGMENTATION: dict[str, str] = {
+    "mskseg.l3-projection-net": "the vertebral-level detector that `mskseg sarcopenia` runs to find L3",
+}
+
+
 def register_network(name: str, builder: Callable[..., torch.nn.Module]) -> None:
     """Make ``name`` usable as a card's ``architecture.name``; ``builder(**args)`` returns the module."""
     NETWORKS[name] = builder

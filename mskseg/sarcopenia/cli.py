@@ -92,7 +92,8 @@ def add_sarcopenia_arguments(s: argparse.ArgumentParser) -> None:
                          help="also measure psoas, paraspinal and abdominal wall muscles")
     options.add_argument("--allow-fallback", action="store_true",
                          help="when L3 is outside the field of view, measure the next level present")
-    options.add_argument("--vat-window", metavar="LO,HI", help="VAT window in HU, e.g. --vat-window=-190,-30 (write '=' before a negative number; "
+    options.add_argument("--vat-window", metavar="LO,HI",
+                         help="VAT window in HU, e.g. --vat-window -190,-30 (or --vat-window=-190,-30; "
                               "default -150,-50)")
     options.add_argument("--model", metavar="CARD",
                          help="tissue model card (file or name) to use instead of the installed one (--method network/auto)")

@@ -1,6 +1,7 @@
 """Writing a body-composition result: segmentation (.seg.nrrd, DICOM-SEG), metrics (CSV, JSON) and the report."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +46,21 @@ def export_sarcopenia(out_dir: str | Path, image: Image, result: SarcopeniaResul
     with output_transaction(out, names, overwrite=overwrite, inputs=sources) as staging:
         written = [write_seg_nrrd(staging / OUTPUT_FILES["seg.nrrd"], result.labelmap, result.labels, source=image)]
         if "dicom-seg" in formats:
-            from ..io.dicomseg import write_dicom_seg
+            from ..io.dicomseg import DicomSegWarning, write_dicom_seg
 
             try:
-                written.append(write_dicom_seg(staging / OUTPUT_FILES["dicom-seg"], result.labelmap, result.labels,
-                                               image, series_description="MSKSeg body composition",
-                                               content_label="BODYCOMP",
-                                               content_description=f"body composition at {result.l3.level}"))
+                with warnings.catch_warnings(record=True) as notes:  # e.g. a Frame of Reference UID made for the SEG
+                    warnings.simplefilter("always", DicomSegWarning)
+                    written.append(write_dicom_seg(staging / OUTPUT_FILES["dicom-seg"], result.labelmap,
+                                                   result.labels, image,
+                                                   series_description="MSKSeg body composition",
+                                                   content_label="BODYCOMP",
+                                                   content_description=f"body composition at {result.l3.level}"))
+                for note in notes:
+                    if issubclass(note.category, DicomSegWarning):
+                        result.warnings.append(f"DICOM-SEG: {note.message}")
+                    else:
+                        warnings.warn_explicit(note.message, note.category, note.filename, note.lineno)
             except (OutputError, OSError):
                 raise
             except Exception as error:  # e.g. source files whose headers highdicom cannot use: keep the others

@@ -70,6 +70,16 @@ SOFT_CAVITY_VALUES = [_A["visceral_fat"], _A["mediastinal_fat"]]
 
 
 # ============================================================================================ grid
+#: Fraction of a voxel by which :meth:`TorsoGrid.box` widens its bounds (float32 rounding of voxel centres).
+_BOX_TOLERANCE = 1e-3
+
+
+def _index_range(lo: float, hi: float, first: float, step: float, tol: float) -> tuple[int, int]:
+    """``(start, stop)`` of the indices whose centres ``first + n * step`` lie in ``lo..hi`` (``tol`` voxels of
+    slack on each side)."""
+    return int(np.ceil((lo - first) / step - tol)), int(np.floor((hi - first) / step + tol)) + 1
+
+
 class TorsoGrid:
     """Voxel grid: patient coordinates of the columns (x), rows (y) and slices (z), boxes around points."""
 
@@ -90,10 +100,16 @@ class TorsoGrid:
         self.y = ((np.arange(self.nj) - (self.nj - 1) / 2.0) * self.sj - shift[1]).astype(np.float32)
 
     def box(self, lo: Sequence[float], hi: Sequence[float]) -> tuple[slice, slice, slice] | None:
-        """Index slices (k, j, i) of the voxels with centres inside the patient box ``lo..hi`` (x, y, z)."""
-        i0 = int(np.ceil((lo[0] - self.x[0]) / self.si)); i1 = int(np.floor((hi[0] - self.x[0]) / self.si)) + 1
-        j0 = int(np.ceil((lo[1] - self.y[0]) / self.sj)); j1 = int(np.floor((hi[1] - self.y[0]) / self.sj)) + 1
-        k0 = int(np.ceil((lo[2] - self.z[0]) / self.sk)); k1 = int(np.floor((hi[2] - self.z[0]) / self.sk)) + 1
+        """Index slices (k, j, i) of the voxels with centres inside the patient box ``lo..hi`` (x, y, z).
+
+        A bound that falls on a voxel centre includes that voxel: the coordinates are float32, so a centre
+        given back as a bound (``box((x, y, z[k]), (x, y, z[k]))`` selects slice ``k``) may differ from the
+        exact grid position by rounding, which a bare ceil/floor would turn into an empty box.
+        """
+        tol = _BOX_TOLERANCE
+        i0, i1 = _index_range(lo[0], hi[0], float(self.x[0]), self.si, tol)
+        j0, j1 = _index_range(lo[1], hi[1], float(self.y[0]), self.sj, tol)
+        k0, k1 = _index_range(lo[2], hi[2], float(self.z[0]), self.sk, tol)
         i0, j0, k0 = max(i0, 0), max(j0, 0), max(k0, 0)
         i1, j1, k1 = min(i1, self.ni), min(j1, self.nj), min(k1, self.nk)
         if i1 <= i0 or j1 <= j0 or k1 <= k0:

@@ -6,7 +6,7 @@ Re-exported by :mod:`mskseg.train.data`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 

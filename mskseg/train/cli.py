@@ -18,13 +18,14 @@ from ..errors import MSKSegError
 TRAIN_EPILOG = """\
 examples:
   # fine-tune a shipped L3 model on your own labelled slices (.seg.nrrd, NIfTI, NRRD, DICOM + DICOM-SEG, PNG)
-  mskseg train --data ~/l3-cohort --fine-tune sarcopenia-l3-2.5d --epochs 30 --out runs/my-l3
+  mskseg train --data ~/l3-cohort --fine-tune sarcopenia-l3-tissue-2d --epochs 30 --out runs/my-l3
 
   # train from scratch with a card's recipe (classes, spacing, window, architecture), 5-fold CV, fold 0
-  mskseg train --data ~/l3-cohort --model sarcopenia-l3-2.5d --folds 5 --fold 0 --name my-l3-f0 --out runs/f0
+  mskseg train --data ~/l3-cohort --model sarcopenia-l3-tissue-2d --folds 5 --fold 0 --name my-l3-f0 --out runs/f0
 
-  # a 2D U-Net on the data's own spacing with a soft-tissue window ('=' before a negative number)
-  mskseg train --data ~/l3-cohort --labels 1=skeletal_muscle --window=-160,240 --out runs/muscle
+  # a muscle-only 2D U-Net on label maps that carry no names (value 1 = muscle), on the data's own spacing with
+  # a soft-tissue window ('=' before a negative number)
+  mskseg train --data ~/muscle-cohort --labels 1=skeletal_muscle --window=-160,240 --out runs/muscle
 
   # a small 2D U-Net on PNG pairs whose masks hold label values 1..3
   mskseg train --data ~/png-pairs --labels 1=skeletal_muscle,2=subcutaneous_fat,3=visceral_fat \\
@@ -133,8 +134,8 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--spacing", metavar="MM,MM[,MM]|own", help="resample to this spacing (i,j[,k]) or keep 'own'")
     g.add_argument("--normalisation", choices=("window", "zscore", "none"))
     g.add_argument("--window", metavar="LOW,HIGH",
-                   help="intensity window, e.g. --window=-160,240 (write '=' before a negative number; default "
-                        "-250,250 for CT, 0,255 for PNG data)")
+                   help="intensity window, e.g. --window -160,240 (or --window=-160,240; default -250,250 for CT, "
+                        "0,255 for PNG data)")
     g.add_argument("--patch-size", metavar="N,N[,N]", help="training patch (default: the data's size, at most 256)")
     g.add_argument("--architecture", metavar="NAME|JSON",
                    help="unet-tiny, unet-small (default), unet-medium, a network name (monai.BasicUNet, ...) or "

@@ -29,7 +29,6 @@ card's spacing; normalisation is applied here). Generators register a factory un
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,19 +246,9 @@ class LabelledCase:
 
 
 def _read_sidecar(path: Path) -> Labels | None:
-    name = path.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    sidecar = path.with_name(name + ".labels.json")
-    if not sidecar.is_file():
-        return None
-    try:
-        entries = json.loads(sidecar.read_text(encoding="utf-8"))
-        return {int(e["value"]): str(e["name"]) for e in entries}
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidImageError(f"label sidecar {sidecar} is not a list of {{value, name}} entries: {exc}") from exc
+    from ..io.writers import read_labels_sidecar
+
+    return read_labels_sidecar(path)
 
 
 def _read_mask_picture(path: Path, labels: Labels | None) -> np.ndarray:
