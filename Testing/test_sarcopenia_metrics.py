@@ -410,6 +410,10 @@ def test_the_patient_line_names_each_value_and_its_source():
     patient = patient_from_metadata({"PatientSize": 1.78, "PatientWeight": 82.0, "PatientSex": "M"}, weight_kg=80)
     assert patient.describe() == "male (DICOM), 1.78 m (DICOM), 80 kg (given), BMI 25.2"
     assert patient_from_metadata({}).describe() == "sex unknown, height unknown, weight unknown"
+    assert patient_from_metadata({"PatientSex": "F"}, height_m=1.6).describe() == \
+        "female (DICOM), 1.60 m (given), weight unknown"
+    assert patient_from_metadata({"PatientSize": 1.78, "PatientWeight": 82.0, "PatientSex": "M"}).describe() == \
+        "male, 1.78 m, 82 kg, BMI 25.9 (DICOM)"
     with pytest.raises(MSKSegError, match="PatientSize 0.5 is not a plausible height"):
         patient_from_metadata({"PatientSize": 0.5})  # a wrong header is refused too, not measured
 

@@ -87,7 +87,7 @@ def add_sarcopenia_arguments(s: argparse.ArgumentParser) -> None:
                          help="slices centred on the level to measure; the mean row averages them (default 1)")
     options.add_argument("--method", choices=["auto", "network", "rules"], default="auto",
                          help="tissue segmentation: the installed network, the HU rules, or auto (the method that "
-                              "measured better on the development data: currently the rules; the other runs as cross-check)")
+                              "measured better on the real-data harness: currently the network; the other runs as cross-check)")
     options.add_argument("--muscle-groups", action="store_true",
                          help="also measure psoas, paraspinal and abdominal wall muscles")
     options.add_argument("--allow-fallback", action="store_true",

@@ -265,8 +265,11 @@ def _metric_lines(result: Any, row: dict[str, Any]) -> list[tuple[str, str, str]
             sma, sat, vat = (_number(level_row.get(k)) for k in ("SMA_cm2", "SAT_cm2", "VAT_cm2"))
             lines.append((f"  at {name}", " / ".join("–" if v is None else f"{v:.1f}" for v in (sma, sat, vat))
                           + " cm² (SMA / SAT / VAT)", "white"))
-    lines.append(("Patient", patient.describe() if hasattr(patient, "describe") else "sex, height, weight unknown",
-                  "white"))
+    import textwrap
+
+    who = patient.describe() if hasattr(patient, "describe") else "sex, height, weight unknown"
+    for n, part in enumerate(textwrap.wrap(who, 32)):  # the value column holds about 32 characters
+        lines.append(("Patient" if n == 0 else "", part, "white"))
     flags = _flags(result, row)
     cutoff = getattr(result, "cutoff_set", "")
     lines.append((f"Low SMI ({cutoff})", *_flag_text(flags, "sarcopenia", "sarcopenia_rule", "sarcopenia_reason")))

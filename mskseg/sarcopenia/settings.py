@@ -153,17 +153,26 @@ class PatientInfo:
 
     def describe(self) -> str:
         """One line for the terminal and the report: each value and where it came from, e.g.
-        ``male (DICOM), 1.78 m (DICOM), 82 kg (given), BMI 25.9``; unknown values are named."""
+        ``male (DICOM), 1.78 m (DICOM), 82 kg (given), BMI 25.9``, or ``male, 1.78 m, 82 kg, BMI 25.9 (DICOM)``
+        when one source gave every value; unknown values are named."""
+        def where(name: str) -> str:
+            text = self.sources.get(name, "")
+            return "given" if text == "user" else "DICOM" if text.startswith("DICOM") else ""
+
+        known = {where(n) for n, v in (("sex", self.sex), ("height_m", self.height_m), ("weight_kg", self.weight_kg))
+                 if v is not None}
+        one = len(known) == 1  # one source for every known value: named once, at the end
+
         def source(name: str) -> str:
-            where = self.sources.get(name, "")
-            return " (given)" if where == "user" else " (DICOM)" if where.startswith("DICOM") else ""
+            return "" if one or not where(name) else f" ({where(name)})"
 
         parts = [f"{'male' if self.sex == 'M' else 'female'}{source('sex')}" if self.sex else "sex unknown",
                  f"{self.height_m:.2f} m{source('height_m')}" if self.height_m is not None else "height unknown",
                  f"{self.weight_kg:.0f} kg{source('weight_kg')}" if self.weight_kg is not None else "weight unknown"]
         if self.bmi is not None:
             parts.append(f"BMI {self.bmi:.1f}")
-        return ", ".join(parts)
+        text = ", ".join(parts)
+        return f"{text} ({known.pop()})" if one and "" not in known else text
 
     def as_dict(self) -> dict[str, Any]:
         """Height, weight, sex, age, BMI and the source of each value (JSON-ready)."""
