@@ -650,6 +650,11 @@ def _register_builtin_sources() -> None:
         return
     register_synthetic_source("l3-phantom", _PhantomSource, version=_phantom_version(),
                               description="procedural axial L3 CT phantoms (mskseg.synth.phantom.make_l3_phantom)")
+    from ..synth.bodycomp_source import GENERATOR_VERSION, BodycompMixSource
+
+    register_synthetic_source("bodycomp-mix", BodycompMixSource, version=GENERATOR_VERSION,
+                              description="T12-L5 slices of real anatomy label maps with the body layers added, "
+                                          "mixed with L3 phantoms (mskseg.synth.bodycomp_source)")
 
 
 def _phantom_version() -> str:
