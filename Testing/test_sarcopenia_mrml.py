@@ -133,3 +133,27 @@ def test_measure_of_an_empty_segmentation_says_there_is_nothing(scene, ct_node):
     empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
     with pytest.raises(MSKSegError, match="empty"):
         app.measure_body_composition(scene, empty, ct_node)
+
+
+def test_measure_after_an_edit_remeasures_every_level_of_a_multi_level_run(scene, ct_node, torso_ct):
+    node, table = app.process(scene, ct_node, levels="L2,L3", method="rules", device="cpu", height_m=1.75,
+                              weight_kg=80, sex="M")
+    rows = {row["level"]: row for row in mrml.table_node_to_rows(table)}
+    assert set(rows) == {"L2", "L3"}
+    assert json.loads(node.GetAttribute("MSKSeg.LevelSlices")).keys() == {"L2", "L3"}
+    k2 = int(rows["L2"]["slice_index"])
+    # the user erases every muscle pixel of the L2 slice; L3 is untouched
+    labelmap, labels = mrml.segmentation_node_to_labelmap(node, ct_node)
+    array = labelmap.array.copy()
+    muscle_value = next(v for v, n in labels.items() if n == "skeletal_muscle")
+    erased = array[k2] == muscle_value
+    assert erased.sum() > 50
+    array[k2][erased] = 0
+    mrml.labelmap_to_segmentation_node(labelmap.with_array(array), labels, scene, ct_node, segmentation_node=node,
+                                       replace=True)
+    again = {row["level"]: row for row in mrml.table_node_to_rows(
+        app.measure_body_composition(scene, node, ct_node, height_m=1.75, weight_kg=80, sex="M"))}
+    assert set(again) == {"L2", "L3"}
+    pixel_cm2 = torso_ct.spacing[0] * torso_ct.spacing[1] / 100.0
+    assert rows["L2"]["SMA_cm2"] - again["L2"]["SMA_cm2"] == pytest.approx(int(erased.sum()) * pixel_cm2, abs=1e-6)
+    assert again["L3"]["SMA_cm2"] == pytest.approx(rows["L3"]["SMA_cm2"], abs=1e-9)

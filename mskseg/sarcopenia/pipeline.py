@@ -329,15 +329,24 @@ def find_level(image: Image, *, device: str = "auto", allow_fallback: bool = Fal
 
 
 def measure_labelmap(image: Image, labelmap: Image, labels: Labels, centre: int, slab: int, patient: Any,
-                     settings: Any, cutoff_set: str, **kwargs: Any):
+                     settings: Any, cutoff_set: str, level_slices: dict[str, Sequence[int]] | None = None,
+                     **kwargs: Any):
     """The ``measure`` step alone, on a label map the user may have edited (Slicer's Measure).
 
     ``centre`` is the slice counted along the stored axial axis; the ``slab`` slices centred on it are
-    measured on the canonical orientation, and slice numbers in the result are mapped back. ``kwargs`` (level,
-    method, slice_source) are passed on to the metrics.
+    measured on the canonical orientation, and slice numbers in the result are mapped back. With
+    ``level_slices`` of two or more levels (level name -> slices along the stored axial axis, as
+    ``SarcopeniaResult.level_slices``), every level is measured on its own slices instead, one set of rows each,
+    as the run that made the segmentation did. ``kwargs`` (level, method, slice_source) are passed on to the
+    metrics.
     """
     canon, how = to_canonical(image)
     canon_labels = canon.with_array(how.to_canonical(labelmap.array), keep_metadata=False)
+    if level_slices and len(level_slices) > 1:  # every level the segmentation was made at, each its own rows
+        kwargs.pop("level", None)
+        return combine_levels({str(name): measure_slab(
+            canon, canon_labels, labels, sorted(how.canonical_slice(int(k)) for k in ks), patient, settings,
+            cutoff_set, level=str(name), to_source=how.source_slice, **kwargs) for name, ks in level_slices.items()})
     slices, _ = slab_slices(how.canonical_slice(int(centre)), max(int(slab), 1), canon.array.shape[0])
     return measure_slab(canon, canon_labels, labels, slices, patient, settings, cutoff_set,
                         to_source=how.source_slice, **kwargs)

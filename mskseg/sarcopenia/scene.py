@@ -167,7 +167,8 @@ def measure_body_composition(scene, segmentation_node, volume_node, height_m: fl
     result = measure_labelmap(image, labelmap, labels, int(centre), slab_slices, patient, settings, cutoff_set,
                               level=done.get("Level") or "L3",
                               method=done.get("TissueMethod") or "user segmentation",
-                              slice_source=done.get("SliceSource") or "user")
+                              slice_source=done.get("SliceSource") or "user",
+                              level_slices=json.loads(done.get("LevelSlices") or "{}"))
     return _result_table(scene, segmentation_node, result.rows, result.units, getattr(result, "descriptions", None),
                          result.cutoff_set, result.warnings, table_node)
 
@@ -201,7 +202,8 @@ def load_result(scene, volume_node, folder: str | Path, segmentation_node=None, 
     if found.method != "user":
         _keep_level(scene, volume_node, image, found)
     node = _segmentation_node(scene, volume_node, labelmap, labels, segmentation_node)
-    _describe_segmentation(node, found, described.get("slices") or [found.index], described.get("tissue_method"))
+    _describe_segmentation(node, found, described.get("slices") or [found.index], described.get("tissue_method"),
+                           described.get("levels_measured"))
     from ..io.common import flat_rows
 
     table = mrml.metrics_to_table_node(flat_rows(described.get("rows") or []), scene,
@@ -280,17 +282,19 @@ def _segmentation_node(scene, volume_node, labelmap, labels, segmentation_node=N
                                               segmentation_node=segmentation_node if reuse else None)
 
 
-def _describe_segmentation(node, level, slices, tissue_method) -> None:
+def _describe_segmentation(node, level, slices, tissue_method, level_slices=None) -> None:
     source = "user" if str(level.method) == "user" else f"{level.method} (confidence {float(level.confidence):.2f})"
+    by_level = {str(n): [int(k) for k in ks] for n, ks in (level_slices or {}).items()}
     mrml.set_attributes(node, {"SliceIndex": int(level.index), "Slab": len(slices),
                                "Slices": ",".join(map(str, slices)), "Level": level.level,
+                               "LevelSlices": json.dumps(by_level) if len(by_level) > 1 else "",
                                "SliceSource": source, "TissueMethod": tissue_method},
                         prefix=SEGMENTATION_ATTRIBUTE_PREFIX)
 
 
 def _result_segmentation(scene, volume_node, result, segmentation_node=None):
     node = _segmentation_node(scene, volume_node, result.labelmap, result.labels, segmentation_node)
-    _describe_segmentation(node, result.l3, result.slices, result.tissue_method)
+    _describe_segmentation(node, result.l3, result.slices, result.tissue_method, result.level_slices)
     return node
 
 
