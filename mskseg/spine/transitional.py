@@ -16,6 +16,14 @@ with the bone density measured at the body centres; below 120 HU the rib checks 
 missed and T12 looked rib-less), below 70 HU absent alae are not concluded. A check runs only where its
 vertebrae are in the field of view and a vertebral body is found; otherwise it says nothing.
 
+A finding is a disagreement between the count from the top (the last rib-bearing vertebra is T12) and the count
+from the bottom (the vertebra above the sacrum is L5), and an abdominal CT shows neither T1 nor, often, the
+sacrum: the detector's names then rest on the shape of the spine. So each candidate is reported only when the
+anchor on the other side confirms the names (:func:`count_anchors`, :func:`confirmed_findings`): rib findings
+need sacral alae right below the named L5, sacral findings the last rib on the named T12. Rib reaches are
+measured only where the image extends RIB_VIEW_MM beside the spine, and only for vertebrae wholly in view; on
+low-density bone they are measured for the anchor only.
+
 The thresholds were chosen on synthetic torsos; real transitional anatomy has not been tested (see the
 detector's model card and the README), and on low-density bone the rib checks are off, so an absent flag is
 not proof of normal anatomy. :func:`anchor_findings` reports where the rule-based anchors
