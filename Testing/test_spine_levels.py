@@ -28,7 +28,8 @@ def test_find_vertebra_levels_returns_every_level_with_method_and_confidence(abd
     slices = found.slices()
     assert abs(slices["L3"] - abdomen.l3_index) <= 1
     assert found.method.startswith("network") or found.method == "rules"
-    assert set(found.transitional) == {"findings", "measurements", "learned_rib_minus_sacrum"}
+    assert set(found.transitional) == {"findings", "measurements", "anchors", "learned_rib_minus_sacrum"}
+    assert set(found.transitional["anchors"]) == {"last_rib", "sacrum"}
     check, factor, warning = cross_check_level(found, "L3")
     assert check["available"] == (found.rules is not None) and factor in (1.0, 0.7, 0.5)
     assert (warning is None) == (factor == 1.0)

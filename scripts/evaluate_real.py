@@ -196,6 +196,7 @@ def case_t12(data: Path, method: str, model: str | None) -> CaseResult | None:
             out.panels.append((canon.array[kc], p2, any_organ | auto_ref, f"ct-dicom-t12 k={kc}"))
     try:
         auto = run_path(image, method, model)
+        out.warnings += [f"auto level: {w}" for w in auto.warnings if w not in out.warnings]
     except Exception as error:  # L3 not in view: the expected refusal; the levels come from the detector
         auto = None
         out.warnings.append(f"auto level: {error}")

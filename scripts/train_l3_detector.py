@@ -523,6 +523,8 @@ def evaluate(args: argparse.Namespace) -> int:
     rows = []
     for i in range(args.n):
         fov, dz, variant = EVAL_GRID[i % len(EVAL_GRID)]
+        if args.variants == "transitional" and variant == "normal":
+            continue  # the same volumes (seed + i) as the full run, the transitional ones only
         rng = np.random.default_rng(args.seed + i)
         sample = torso.make_torso(rng, z_range=fov, variant=variant, size=args.size,
                                   spacing_mm=(1.5 * 256 / args.size, 1.5 * 256 / args.size, dz))
@@ -534,12 +536,17 @@ def evaluate(args: argparse.Namespace) -> int:
             warned = bool(result.warnings) or result.confidence < 0.5
             rules_mm = result.cross_check.get("difference_mm")
             confidence = result.confidence
+            findings = list((result.cross_check.get("transitional") or {}).get("findings") or [])
+            # levels named more than 10 mm from their true body centre (in the numbering from the top)
+            wrong = sorted(n for n, k in result.levels.items() if n in sample.level_slices
+                           and abs(k - sample.level_slices[n]) * dz > 10.0)
         except L3NotFoundError as exc:
             err_mm, flagged, warned, rules_mm, confidence = float("inf"), False, True, None, 0.0
+            findings, wrong = [], []
             print("  not found:", exc.message)
         rows.append({"fov": fov, "dz": dz, "variant": variant, "err_mm": err_mm, "flagged": flagged,
                      "warned": warned, "confidence": confidence, "rules_minus_net_mm": rules_mm,
-                     "seconds": time.perf_counter() - t0})
+                     "findings": findings, "levels_off": wrong, "seconds": time.perf_counter() - t0})
         print(json.dumps(rows[-1]), flush=True)
     err = np.array([r["err_mm"] for r in rows])
     tol = np.array([max(3.0, r["dz"]) for r in rows])
@@ -592,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--size", type=int, default=256)
     e.add_argument("--card", type=Path, default=None)
     e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--variants", choices=("all", "transitional"), default="all",
+                   help="transitional: only the grid's transitional variants (the same volumes as the full run)")
     args = parser.parse_args(argv)
     if args.command == "card":
         return write_card(args)

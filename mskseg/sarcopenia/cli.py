@@ -198,7 +198,7 @@ def _print_result(result: Any, written: list[Path], t_read: float, t_write: floa
         value = row.get(flag)
         text = "yes" if value is True else "no" if value is False else f"undecided ({row.get(flag + '_reason')})"
         print(f"{what:10s} {text}  [{result.cutoff_set}]")
-    for warning in result.warnings:
+    for warning in (result.all_warnings() if hasattr(result, "all_warnings") else result.warnings):
         print(f"warning    {warning}")
     for path in written:
         print(f"wrote {path}")

@@ -32,7 +32,8 @@ from ..spine.geometry import COLUMN_MM, FRONTAL_COLUMNS, ROW_MM, SAGITTAL_COLUMN
 from ..spine.levelnet import (DETECTOR_CARD_NAME, LEVEL_INDEX, LEVELS, NETWORK_NAME, OUTPUTS, NetworkLevels,
                               build_projection_net, decode_levels, find_detector_card, network_input,
                               network_levels)
-from ..spine.levels import DISAGREEMENT_MM, cross_check_level, find_vertebra_levels, transitional_warning
+from ..spine.levels import (DISAGREEMENT_MM, count_warning, cross_check_level, find_vertebra_levels,
+                            transitional_warning)
 from ..spine.rules import RuleLevels, rule_based_levels
 from ..spine.transitional import MIN_BODY_RADIUS_MM, transitional_findings
 
@@ -68,8 +69,12 @@ class L3Result:
         levels: vertebra name -> slice index of its centre, for every level identified in the field of view.
         method: how the result was found (``"network (sarcopenia-l3-detector 1.0.0)"`` or ``"rules"``).
         cross_check: the rule-based result: ``index``, ``levels``, ``agreement`` (bool), ``difference_mm``,
-            ``difference_levels``, ``anchors`` and its own ``warnings``; ``{"available": False, "reason": ...}``
-            when the rules could not count.
+            ``difference_levels``, ``numbering_offset``, ``disagreement_warning`` (the sentence when the count
+            disagrees with the detector, else None), the rules' ``anchors`` and own ``warnings``;
+            ``{"available": False, "reason": ...}`` when the rules could not count. Always added: ``transitional``,
+            ``count_anchors`` (where the last rib and the sacrum were seen on the named levels), ``unnamed`` (levels left
+            unnamed at the edge of the field of view, with why) and ``names_uncertain`` (no anchor confirms the
+            names).
         warnings: sentences for the user (disagreement, transitional anatomy, fall-back used).
         fallback_used: True when ``level`` is not L3.
         seconds: time taken.
@@ -185,6 +190,13 @@ def detect_l3(image: Image, *, device: str = "auto", progress: Progress | None =
         confidence *= factor
         warnings.append(disagreement)
     check["transitional"] = found.transitional
+    check["count_anchors"] = found.transitional.get("anchors", {})
+    check["unnamed"] = dict(found.unnamed)
+    count, count_factor = count_warning(found)
+    check["names_uncertain"] = count is not None
+    if count is not None:
+        warnings.append(count)
+        confidence *= count_factor
     transitional = transitional_warning(found)
     if transitional is not None:
         warnings.append(transitional)

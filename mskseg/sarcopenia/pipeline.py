@@ -138,9 +138,29 @@ class SarcopeniaResult:
         return {name: level_row(self.rows, name) for name in self.level_slices} if self.level_slices else \
             {self.headline_level: self.headline_row()}
 
+    def disagreements(self) -> list[dict[str, str]]:
+        """Every cross-check that disagreed: ``[{"check": "levels" | "tissues", "warning": sentence}, ...]``
+        (the level detector against the rule-based count, the tissue method against the other one)."""
+        found = []
+        level_check = getattr(self.l3, "cross_check", None) or {}
+        if level_check.get("disagreement_warning"):
+            found.append({"check": "levels", "warning": str(level_check["disagreement_warning"])})
+        tissue_check = self.tissue_cross_check or {}
+        if tissue_check.get("disagreement"):
+            found.append({"check": "tissues", "warning": str(tissue_check.get("warning") or
+                                                            "the tissue methods disagree: check the segmentation")})
+        return found
+
+    def all_warnings(self) -> list[str]:
+        """:attr:`warnings`, plus the sentence of any cross-check disagreement they do not already hold (a
+        result whose checks disagree never reads "no warnings")."""
+        out = list(self.warnings)
+        out += [d["warning"] for d in self.disagreements() if d["warning"] not in out]
+        return out
+
     def describe(self) -> dict[str, Any]:
         """A JSON-ready account of the whole run (for ``metrics.json``): level, method, windows, patient,
-        cut-off set, summary, warnings and timings."""
+        cut-off set, summary, warnings (:meth:`all_warnings`), the cross-check ``disagreements`` and timings."""
         l3 = self.l3
         settings = self.settings.as_dict() if hasattr(self.settings, "as_dict") else dict(vars(self.settings))
         return {
@@ -159,7 +179,8 @@ class SarcopeniaResult:
             "patient": to_jsonable(_patient_dict(self.patient)),
             "cutoff_set": self.cutoff_set,
             "summary": to_jsonable(self.summary),
-            "warnings": list(self.warnings),
+            "warnings": self.all_warnings(),
+            "disagreements": self.disagreements(),
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
         }
 

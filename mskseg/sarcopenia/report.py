@@ -321,9 +321,25 @@ def _notes(result: Any) -> list[tuple[str, str]]:
     levels = dict(getattr(l3, "levels", {}) or {})
     if levels:
         notes.append(("Levels", ", ".join(f"{n} {i}" for n, i in sorted(levels.items(), key=lambda t: -t[1]))))
-    warnings = list(getattr(result, "warnings", []) or [])
+    warnings = report_warnings(result)
     notes += [("Warnings", f"• {w}") for w in warnings] or [("Warnings", "none")]
     return notes
+
+
+def report_warnings(result: Any) -> list[str]:
+    """The warnings the report lists: the result's, with every cross-check disagreement (level detector against
+    the rule-based count, network against rules for the tissues) even when the result's list lacks it."""
+    if hasattr(result, "all_warnings"):
+        return list(result.all_warnings())
+    warnings = list(getattr(result, "warnings", []) or [])
+    level_check = getattr(getattr(result, "l3", None), "cross_check", None) or {}
+    tissue_check = getattr(result, "tissue_cross_check", None) or {}
+    for text in (level_check.get("disagreement_warning"),
+                 (tissue_check.get("warning") or "the tissue methods disagree: check the segmentation")
+                 if tissue_check.get("disagreement") else None):
+        if text and text not in warnings:
+            warnings.append(str(text))
+    return warnings
 
 
 def _subtitle(image: Image, result: Any) -> str:

@@ -77,7 +77,8 @@ class TissueResult:
         method: the method whose labels these are: ``"network"`` or ``"rules"``.
         slices: the slice indices segmented.
         cross_check: per-class Dice between the two methods (``dice``: class name -> value or None),
-            ``disagreement`` (bool), ``threshold``, ``other_method``; empty when only one method ran.
+            ``disagreement`` (bool), ``threshold``, ``other_method``, ``warning`` (the sentence when they disagree,
+            else None); empty when only one method ran.
         warnings: things the user should know (no model installed, methods disagree, ...).
         group_labelmap: muscle groups on the same grid (values of ``group_labels``), or None when not asked.
         group_labels: label value -> group name (:data:`GROUP_LABELS`) or empty.
@@ -233,12 +234,14 @@ def _cross_check(primary: dict[int, np.ndarray], other: dict[int, np.ndarray], k
     """Per-class Dice between the two methods on slices ``ks``; a warning when they disagree."""
     dices = class_dice(np.stack([primary[k] for k in ks]), np.stack([other[k] for k in ks]))
     low = {n: d for n, d in dices.items() if n in DISAGREEMENT_CLASSES and d is not None and d < DISAGREEMENT_DICE}
+    warning = None
     if low:
-        warnings.append("the network and the rule-based method disagree on " + ", ".join(
+        warning = ("the network and the rule-based method disagree on " + ", ".join(
             f"{n} (Dice {d:.2f})" for n, d in low.items()) + f" (threshold {DISAGREEMENT_DICE}): check the "
             "segmentation before using the measurements")
+        warnings.append(warning)
     return {"dice": dices, "disagreement": bool(low), "threshold": DISAGREEMENT_DICE,
-            "other_method": "rules" if chosen == "network" else "network"}
+            "other_method": "rules" if chosen == "network" else "network", "warning": warning}
 
 
 def _muscle_groups(image: Image, ks: list[int], tissues: np.ndarray, rule_groups: dict[int, np.ndarray],

@@ -16,6 +16,14 @@ with the bone density measured at the body centres; below 120 HU the rib checks 
 missed and T12 looked rib-less), below 70 HU absent alae are not concluded. A check runs only where its
 vertebrae are in the field of view and a vertebral body is found; otherwise it says nothing.
 
+A finding is a disagreement between the count from the top (the last rib-bearing vertebra is T12) and the count
+from the bottom (the vertebra above the sacrum is L5), and an abdominal CT shows neither T1 nor, often, the
+sacrum: the detector's names then rest on the shape of the spine. So each candidate is reported only when the
+anchor on the other side confirms the names (:func:`count_anchors`, :func:`confirmed_findings`): rib findings
+need sacral alae right below the named L5, sacral findings the last rib on the named T12. Rib reaches are
+measured only where the image extends RIB_VIEW_MM beside the spine, and only for vertebrae wholly in view; on
+low-density bone they are measured for the anchor only.
+
 The thresholds were chosen on synthetic torsos; real transitional anatomy has not been tested (see the
 detector's model card and the README), and on low-density bone the rib checks are off, so an absent flag is
 not proof of normal anatomy. :func:`anchor_findings` reports where the rule-based anchors
@@ -71,6 +79,9 @@ RIB_REACH_MM = 48.0
 #: check only when nothing reaches NO_RIB_MM (short 12th ribs of normal anatomy reach 42 mm on held-out torsos,
 #: the transverse processes of a rib-less T12 at most 36 mm).
 T12_RIB_MM = 45.0
+#: Rib reaches are measured only where the image extends this far (mm) either side of the midline: in a crop
+#: that ends beside the spine a transverse process and a rib cut by the edge look alike.
+RIB_VIEW_MM = 90.0
 NO_RIB_MM = 38.0
 LUMBAR_RIB_MIN_MM = 38.0
 LUMBAR_RIB_MAX_MM = 42.0
@@ -197,6 +208,8 @@ def _rib_reach(can: Canonical, z: float, height: float, cx: float, yb: float,
     if block is None:
         return None
     sub, dx, _ = block
+    if dx.min() > -RIB_VIEW_MM or dx.max() < RIB_VIEW_MM:
+        return None  # the image ends beside the spine (a crop): how far bone reaches is not seen
     lab, n = ndimage.label((sub > rib_hu) & (np.abs(dx) >= RIB_CUT_MM)[None, None, :])
     reach = {1: 0.0, -1: 0.0}
     for value, sl in enumerate(ndimage.find_objects(lab) if n else [], start=1):
@@ -230,7 +243,8 @@ def _ala_fraction(can: Canonical, z0: float, z1: float, cx: float, yb: float,
 
 
 def transitional_findings(image: Image, levels_mm: dict[str, float], proj: BoneProjections | None = None,
-                          last_rib_mm: float | None = None) -> tuple[list[str], dict[str, Any]]:
+                          last_rib_mm: float | None = None,
+                          sacrum_top_mm: float | None = None) -> tuple[list[str], dict[str, Any]]:
     """Look for transitional anatomy in the CT around the given level centres (numbered from the top).
 
     The vertebral body at every level is found by :func:`_body_y` (a level where it is missing or off the line
@@ -249,9 +263,18 @@ def transitional_findings(image: Image, levels_mm: dict[str, float], proj: BoneP
     * six lumbar-type vertebrae: one vertebra below L5 (the L4-L5 distance) there is a vertebral body but no
       alae (bone fraction < ALA_ABSENT): a mobile sixth lumbar vertebra where S1 should be.
 
+    A finding is a disagreement between the count from the top (the last rib-bearing vertebra is T12) and the
+    count from the bottom (the vertebra above the sacrum is L5), so it is reported only when the anchor on the
+    other side confirms the detector's numbering (:func:`count_anchors`): a rib finding only when the sacrum lies
+    right below the named L5, a sacral finding only when the last rib lies on the named T12. Without that,
+    a rib-bearing "L1" is as well explained by names one level too high as by a 13th rib, and a mobile
+    vertebra below "L5" by names one level too low; such candidates are kept in
+    ``measurements["unconfirmed"]`` with the reason, not reported.
+
     Returns:
         ``(findings, measurements)``: sentences naming what was seen (empty when nothing is transitional or the
-        evidence is not clear) and the numbers behind them.
+        evidence is not clear) and the numbers behind them; ``measurements["anchors"]`` says which anchors were
+        seen and where (:func:`count_anchors`).
     """
     can = canonical(image)
     proj = proj if proj is not None else bone_projections(image)
@@ -289,14 +312,108 @@ def transitional_findings(image: Image, levels_mm: dict[str, float], proj: BoneP
                 cores.append(float(np.median(block[0])))
     density = float(np.median(cores)) if cores else None
     measured["body_density_hu"] = None if density is None else round(density, 1)
-    if density is None:
-        return findings, measured
-    scale = min(1.0, density / DENSITY_REF_HU)
-    rib_hu, ala_hu = max(RIB_MIN_HU, RIB_HU * scale), max(ALA_MIN_HU, ALA_HU * scale)
-    if density >= RIB_MIN_DENSITY_HU:
-        findings += _rib_findings(can, levels_mm, height, cx, body_at, rib_hu, last_rib_mm, measured)
-    findings += _sacral_findings(can, levels_mm, cx, body, body_at, ala_hu, density, measured)
+    rib_candidates: list[str] = []
+    sacral_candidates: list[str] = []
+    if density is not None:
+        scale = min(1.0, density / DENSITY_REF_HU)
+        rib_hu, ala_hu = max(RIB_MIN_HU, RIB_HU * scale), max(ALA_MIN_HU, ALA_HU * scale)
+        if density >= RIB_MIN_DENSITY_HU:
+            rib_candidates = _rib_findings(can, levels_mm, height, cx, body_at, rib_hu, last_rib_mm, measured)
+        else:  # faint ribs may be missed: the reaches are measured for the anchor (ribs seen), never to flag
+            measured["rib_reach_low_density"] = True
+            _rib_findings(can, levels_mm, height, cx, body_at, rib_hu, last_rib_mm, measured)
+        sacral_candidates = _sacral_findings(can, levels_mm, cx, body, body_at, ala_hu, density, measured)
+    anchors = count_anchors(levels_mm, measured, last_rib_mm, sacrum_top_mm)
+    measured["anchors"] = anchors
+    confirmed, unconfirmed = confirmed_findings(rib_candidates, sacral_candidates, anchors)
+    findings += confirmed
+    if unconfirmed:
+        measured["unconfirmed"] = unconfirmed
     return findings, measured
+
+
+def confirmed_findings(rib_candidates: list[str], sacral_candidates: list[str],
+                       anchors: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """The candidate findings the other anchor confirms, and the others with why they are not reported.
+
+    A rib finding (11 or 13 rib pairs) needs the sacrum right below the named L5 (the lumbar names confirmed
+    from the bottom); a sacral finding (sacralised L5, six lumbar-type vertebrae) needs the last rib on the
+    named T12 (the names confirmed from the top).
+    """
+    findings: list[str] = []
+    unconfirmed: list[str] = []
+    for finding in rib_candidates:
+        if (anchors.get("sacrum") or {}).get("at") == "S1":
+            findings.append(finding)
+        else:
+            unconfirmed.append(f"{finding} (not reported: no sacrum seen right below L5 to confirm the lumbar "
+                               "numbering)")
+    for finding in sacral_candidates:
+        if (anchors.get("last_rib") or {}).get("at") == "T12":
+            findings.append(finding)
+        else:
+            unconfirmed.append(f"{finding} (not reported: no last rib seen on T12 to confirm the numbering "
+                               "from above)")
+    return findings, unconfirmed
+
+
+def count_anchors(levels_mm: dict[str, float], measured: dict[str, Any], last_rib_mm: float | None = None,
+                  sacrum_top_mm: float | None = None) -> dict[str, dict[str, Any]]:
+    """Where the two anchors of the vertebral count lie on the named levels, from what the CT shows.
+
+    * The last rib-bearing vertebra (the count from the top: it is T12 in typical anatomy): the rule-based
+      last-rib anchor (``last_rib_mm``: a bone of at least 45 mm running laterally from beside the spine, with
+      cortical bone, not cut by the top of the field of view) when it lies on the named T11, T12 or L1 (within
+      0.35 vertebra; elsewhere it is a failed rule, not a rib); else the rib reaches measured beside T11, T12 and
+      L1 (``measured["rib_reach_*"]``) when they are clear: ribs (beyond T12_RIB_MM) on one vertebra and no
+      rib pair on the one below (nothing beyond NO_RIB_MM on at least one side). On low-density bone (reaches
+      measured for the anchor only) only ribs on T12 and none on L1 count: a faint rib missed looks like none.
+    * The sacrum (the count from the bottom: the vertebra above it is L5): sacral alae (bone fraction at least
+      ALA_FUSED in the alar band) one vertebra below the named L5 (``"S1"``: the count from the bottom agrees)
+      or beside the named L5 (``"L5"``); else the rule-based top of the sacrum (``sacrum_top_mm``) placed
+      on the named L5.
+
+    A partly seen anchor is not evidence: the rib and ala measurements exist only for vertebrae wholly in the
+    field of view.
+
+    Returns:
+        ``{"last_rib": {"seen", "at", "from"}, "sacrum": {"seen", "at", "from"}}``: ``at`` the named level the
+        anchor falls on (``"T11"``, ``"T12"``, ``"L1"`` for the last rib; ``"S1"`` = right below L5, ``"L5"``,
+        ``"below S1"`` for the sacrum) or None when it was not seen or not placed; ``from`` what showed it.
+    """
+    height = vertebra_height(levels_mm)
+    rib: dict[str, Any] = {"seen": False, "at": None, "from": None}
+    if last_rib_mm is not None:
+        near = [(abs(z - last_rib_mm), n) for n, z in levels_mm.items() if n in ("T11", "T12", "L1")]
+        if near and min(near)[0] < 0.35 * height:
+            rib.update(seen=True, at=min(near)[1], **{"from": "rule-based last rib"})
+    if rib["at"] is None:
+        reach = {n: measured.get(f"rib_reach_{n}_mm") for n in ("T11", "T12", "L1")}
+
+        def ribs(name: str) -> bool:
+            return reach[name] is not None and max(reach[name]) >= T12_RIB_MM
+
+        def none(name: str) -> bool:  # no rib pair: on one side at least nothing beyond a transverse process
+            return reach[name] is not None and min(reach[name]) < NO_RIB_MM
+
+        # on low-density bone a missed rib looks like none: only ribs seen on T12 and none on L1 anchor there
+        pairs = (("T12", "L1"),) if measured.get("rib_reach_low_density") else (("T12", "L1"), ("T11", "T12"))
+        for upper, lower in pairs:
+            if ribs(upper) and none(lower):
+                rib.update(seen=True, at=upper, **{"from": "rib reach"})
+                break
+    sacrum: dict[str, Any] = {"seen": False, "at": None, "from": None}
+    at_l5, below = measured.get("ala_fraction_L5"), measured.get("ala_fraction_below_L5")
+    if at_l5 is not None and at_l5 >= ALA_FUSED:
+        sacrum.update(seen=True, at="L5", **{"from": "sacral alae"})
+    elif below is not None and below >= ALA_FUSED:
+        sacrum.update(seen=True, at="S1", **{"from": "sacral alae"})
+    elif sacrum_top_mm is not None:
+        sacrum.update(seen=True, **{"from": "rule-based sacrum"})
+        if "L5" in levels_mm:
+            relative = (sacrum_top_mm - levels_mm["L5"]) / height
+            sacrum["at"] = "below S1" if relative < -0.95 else "L5" if relative > 0.35 else "S1"
+    return {"last_rib": rib, "sacrum": sacrum}
 
 
 def _rib_findings(can: Canonical, levels_mm: dict[str, float], height: float, cx: float,
