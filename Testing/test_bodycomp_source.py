@@ -73,3 +73,18 @@ def test_mix_gives_both_worlds_at_the_card_spacing(source):
         assert hu.shape == lab.shape
         shapes.add(hu.shape)
     assert len(shapes) > 1  # pixel sizes and bodies vary
+
+
+def test_group_source_labels_the_real_muscles_on_muscle_pixels():
+    require(ANATOMY)
+    groups = B.BodycompGroupsSource({"spacing_mm": [1.0, 1.0]}, 5, anatomy_dir=ANATOMY)
+    tissues = B.BodycompMixSource({"spacing_mm": [1.0, 1.0]}, 5, anatomy_dir=ANATOMY)
+    assert groups.labels == {1: "psoas", 2: "paraspinal", 3: "abdominal_wall"}
+    seen = set()
+    for index in range(4):
+        _, g = groups(index)
+        _, t = tissues(index)
+        assert g.shape == t.shape
+        assert np.all(t[g > 0] == 1)  # groups only on skeletal muscle pixels (same slice, same draw)
+        seen |= set(np.unique(g).tolist())
+    assert {2, 3} <= seen  # paraspinal and abdominal wall in every world; psoas below L1

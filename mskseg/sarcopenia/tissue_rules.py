@@ -36,8 +36,9 @@ The steps (each a small function below):
    inside the ring outside the compartments visceral fat, fat between skin and fascia subcutaneous fat.
 
 Muscle groups from the rules (:func:`rule_compartments`, ``groups``): psoas = muscle beside the vertebral body,
-paraspinal = muscle posterior to the transverse processes (quadratus lumborum included), abdominal wall = the
-rest of the muscle ring (values of :data:`~mskseg.sarcopenia.labels.GROUP_LABELS`).
+paraspinal = muscle posterior to the vertebral body and within :data:`PARASPINAL_REACH_MM` of the tips of the
+transverse processes (erector spinae, multifidus, quadratus lumborum; the flat back muscles further out, such as
+latissimus dorsi, are not paraspinal), abdominal wall = the rest of the muscle ring (values of :data:`~mskseg.sarcopenia.labels.GROUP_LABELS`).
 
 The rules work on slices in the usual axial display (rows anterior -> posterior, columns patient right ->
 left): :func:`display_transform`, :func:`to_display` and :func:`from_display` bring any storage orientation
@@ -580,9 +581,13 @@ def _spine_muscles(smooth: np.ndarray, cavity: np.ndarray, ring: np.ndarray, spi
     psoas = np.isin(lab, idx[hits_spine & ~anterior & (com[:, 0] <= y_body_back)])
     psoas = ndimage.binary_fill_holes(psoas) & muscles
     groups[compartments] = 7
-    back = compartments & (rows > y_body_back) & (np.abs(np.arange(shape[1])[None, :] - x_mid) * sp_i < 110.0)
+    back = compartments & (rows > y_body_back) & (cols < tp_half + PARASPINAL_REACH_MM)
     groups[back] = 6
     groups[psoas] = 5
+
+
+#: How far (mm) beyond the tip of the transverse processes the paraspinal group reaches.
+PARASPINAL_REACH_MM = 40.0
 
 
 def _in(hu: np.ndarray, window: Sequence[float]) -> np.ndarray:

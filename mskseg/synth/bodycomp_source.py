@@ -27,7 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import MSKSegError
-from ..sarcopenia.labels import TISSUE_LABELS
+from ..sarcopenia.labels import MUSCLE_GROUPS, TISSUE_LABELS
 
 #: Generator version written into model cards.
 GENERATOR_VERSION = "mskseg bodycomp-mix 1"
@@ -105,17 +105,41 @@ def load_subjects(folder: Path) -> list[Subject]:
     return out
 
 
+#: Muscle groups of ``bodycomp-groups`` (values as the phantoms' :data:`mskseg.synth.phantom.GROUP_LABELS`).
+GROUP_LABELS: dict[int, str] = {i + 1: name for i, name in enumerate(MUSCLE_GROUPS)}
+
+#: Real label-map classes (name prefixes) of each muscle group; the added body wall is the abdominal wall.
+GROUP_SOURCES = {"psoas": ("iliopsoas", "psoas"), "paraspinal": ("autochthon", "quadratus_lumborum"),
+                 "abdominal_wall": ("abdominal_wall",)}
+
+
+def group_truth(volume: Any, tissue_truth: np.ndarray) -> np.ndarray:
+    """Muscle groups (:data:`GROUP_LABELS`) of a synthetic volume: each group's classes on its muscle pixels."""
+    lab = np.asarray(volume.labels.array)
+    out = np.zeros(lab.shape, np.uint8)
+    muscle = tissue_truth == next(v for v, n in TISSUE_LABELS.items() if n == "skeletal_muscle")
+    for value, group in GROUP_LABELS.items():
+        ids = [v for v, n in volume.label_names.items() if n.startswith(GROUP_SOURCES[group])]
+        out[np.isin(lab, ids) & muscle] = value
+    return out
+
+
 class BodycompMixSource:
-    """``bodycomp-mix``: real-anatomy slices (:data:`REAL_FRACTION`) and phantoms at the card's spacing."""
+    """``bodycomp-mix``: real-anatomy slices (:data:`REAL_FRACTION`) and phantoms at the card's spacing;
+    ``groups=True`` (``bodycomp-groups``): the same slices labelled with the muscle groups."""
 
     labels = dict(TISSUE_LABELS)
     version = GENERATOR_VERSION
 
-    def __init__(self, input_spec: Mapping[str, Any], seed: int, anatomy_dir: Path | None = None):
+    def __init__(self, input_spec: Mapping[str, Any], seed: int, anatomy_dir: Path | None = None,
+                 groups: bool = False):
         from ..train.data import _PhantomSource
 
         self.input_spec = dict(input_spec)
         self.seed = int(seed)
+        self.groups = bool(groups)
+        if self.groups:
+            self.labels = dict(GROUP_LABELS)
         self.phantoms = _PhantomSource(input_spec, seed)
         folder = anatomy_dir or default_anatomy_dir()
         if folder is None or not Path(folder).is_dir():
@@ -141,6 +165,8 @@ class BodycompMixSource:
         mid = vol.image.array.shape[0] // 2
         hu = np.asarray(vol.image.array[mid], np.float32)
         lab = np.asarray(truth.array[mid], np.uint8)
+        if self.groups:
+            lab = group_truth(vol, np.asarray(truth.array))[mid]
         spacing = tuple(vol.image.spacing[:2])
         target = self.input_spec.get("spacing_mm")
         if target:
@@ -152,4 +178,28 @@ class BodycompMixSource:
         rng = np.random.default_rng([self.seed, 7919, int(index)])
         if rng.random() < REAL_FRACTION:
             return self.real_sample(rng)
-        return self.phantoms(index)
+        if not self.groups:
+            return self.phantoms(index)
+        from ..train.data import resample_array
+
+        sample = self.phantoms._sample(index)
+        names = {int(k) if not isinstance(k, str) else int(v): str(v if not isinstance(k, str) else k)
+                 for k, v in dict(sample.group_labels).items()}
+        groups = np.zeros(np.shape(sample.muscle_groups), np.uint8)
+        for value, name in names.items():
+            groups[np.asarray(sample.muscle_groups) == value] = {n: v for v, n in GROUP_LABELS.items()}[name]
+        arr, spacing = np.asarray(sample.image.array, np.float32), sample.image.spacing
+        target = self.input_spec.get("spacing_mm")
+        if target:
+            arr = resample_array(arr, spacing, target[:2], is_label=False)
+            groups = resample_array(groups, spacing, target[:2], is_label=True)
+        return arr, groups
+
+
+class BodycompGroupsSource(BodycompMixSource):
+    """``bodycomp-groups``: :class:`BodycompMixSource` slices labelled with psoas, paraspinal, abdominal wall."""
+
+    labels = dict(GROUP_LABELS)
+
+    def __init__(self, input_spec: Mapping[str, Any], seed: int, anatomy_dir: Path | None = None):
+        super().__init__(input_spec, seed, anatomy_dir, groups=True)

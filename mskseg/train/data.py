@@ -650,11 +650,14 @@ def _register_builtin_sources() -> None:
         return
     register_synthetic_source("l3-phantom", _PhantomSource, version=_phantom_version(),
                               description="procedural axial L3 CT phantoms (mskseg.synth.phantom.make_l3_phantom)")
-    from ..synth.bodycomp_source import GENERATOR_VERSION, BodycompMixSource
+    from ..synth.bodycomp_source import GENERATOR_VERSION, BodycompGroupsSource, BodycompMixSource
 
     register_synthetic_source("bodycomp-mix", BodycompMixSource, version=GENERATOR_VERSION,
                               description="T12-L5 slices of real anatomy label maps with the body layers added, "
                                           "mixed with L3 phantoms (mskseg.synth.bodycomp_source)")
+    register_synthetic_source("bodycomp-groups", BodycompGroupsSource, version=GENERATOR_VERSION,
+                              description="the bodycomp-mix slices labelled with the muscle groups (psoas, "
+                                          "paraspinal, abdominal wall)")
 
 
 def _phantom_version() -> str:
