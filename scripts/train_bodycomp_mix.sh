@@ -3,14 +3,18 @@
 # T12-L5 slices of real anatomy label maps (TotalSegmentator; the body layers added, everything that must not
 # matter randomised) mixed with L3 phantoms (mskseg.synth.bodycomp_source). Needs the label maps in
 # $MSKSEG_ANATOMY_DIR or ../shared/data/totalseg-labelmaps. CPU: 2 cores, see the card for the time it took.
-# usage: bash scripts/train_bodycomp_mix.sh OUT_DIR [extra mskseg train options]
+# The base is card 1.1.0 (procedural L3 phantoms): OUT/stage3 of scripts/train_l3_tissue.sh, or the card of
+# commit c2f6420 (git show c2f6420:Resources/Models/sarcopenia-l3-tissue-2d/<file> for the card and weights).
+# Card 2.0.0 took 1756 s on 2 CPU cores (36 x 200 steps, pool of 900 samples made in the first epoch).
+# usage: bash scripts/train_bodycomp_mix.sh OUT_DIR BASE_CARD [extra mskseg train options]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=${1:?usage: scripts/train_bodycomp_mix.sh OUT_DIR [options]}
-shift
+out=${1:?usage: scripts/train_bodycomp_mix.sh OUT_DIR BASE_CARD [options]}
+base=${2:?usage: scripts/train_bodycomp_mix.sh OUT_DIR BASE_CARD [options] (BASE_CARD: tissue card 1.1.0)}
+shift 2
 name=sarcopenia-l3-tissue-2d
 .venv/bin/mskseg train --synthetic bodycomp-mix --synthetic-val 48 --synthetic-pool 900 \
-  --fine-tune Resources/Models/$name/$name.card.json --name "$name" --task sarcopenia --dimensions 2d \
+  --fine-tune "$base" --name "$name" --task sarcopenia --dimensions 2d \
   --spacing 1.0,1.0 --window=-250,250 --patch-size 256,256 --steps-per-epoch 200 --batch-size 8 \
   --epochs 36 --lr 1e-3 --validate-every 6 --patience 0 --threads 2 --seed 3 --licence Apache-2.0 --version 2.0.0 \
   --title "Body composition tissues T12-L5 (2D, trained on real anatomy and phantoms)" \
