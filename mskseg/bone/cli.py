@@ -37,7 +37,7 @@ network when --model is given, else the rules). Nothing is overwritten unless --
 
 def add_bone_arguments(s: argparse.ArgumentParser) -> None:
     """Add the options of ``mskseg bone`` to its (sub)parser ``s``."""
-    s.add_argument("ct", help="CT: DICOM series folder, DICOM file, NIfTI, NRRD or MHA")
+    s.add_argument("ct", nargs="?", help="CT: DICOM series folder, DICOM file, NIfTI, NRRD or MHA")
     s.add_argument("--out", metavar="DIR", help="output folder (required)")
     s.add_argument("--overwrite", action="store_true", help="replace files of an earlier run in --out")
     s.add_argument("--series", metavar="UID", help="SeriesInstanceUID when the folder holds several series")
@@ -86,6 +86,8 @@ def run_bone_cli(args: argparse.Namespace) -> int:
     from .export import OUTPUT_FILES, export_bone
     from .pipeline import run_bone
 
+    if not args.ct:
+        raise MSKSegError("no CT given", "mskseg bone CT --out DIR")
     if not args.out:
         raise MSKSegError("no output folder given", "add --out DIR")
     options = options_from_args(args)
