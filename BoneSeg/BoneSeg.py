@@ -37,10 +37,12 @@ class BoneSeg(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "Bone Segmentation"
         self.parent.helpText = """
-Segments the bones of a CT: vertebrae (C1 to L5, each labelled), ribs, sternum, costal cartilage, sacrum,
-hip bones, femora, humeri, scapulae and clavicles, as far as the chosen model covers them (its model card lists
-the classes). Each segment carries its SNOMED CT code, name and colour, so that DICOM-SEG exports are read
-correctly by other viewers.
+Segments the bones of a CT. Without a model, anatomical rules find all bone with its marrow (table and
+contrast-filled vessels left out) and name what rules can tell: vertebrae per level (where the vertebral
+levels are found), sacrum, hip bones, femora, ribs left and right, and "other bone". A bone model card, when
+chosen, runs its network instead (its card lists the classes). The measurements table holds each class's
+volume and HU, the trabecular HU of L1-L4 and the opportunistic osteoporosis screening flag at L1 (a
+screening flag, not a diagnosis). Each segment carries its SNOMED CT code, name and colour.
 """ + MSKSegLib.HELP_FOOTER
         self.parent.acknowledgementText = MSKSegLib.ACKNOWLEDGEMENT
         MSKSegLib.register_module(self.parent)
@@ -67,18 +69,20 @@ class BoneSegWidget(MSKSegLib.TaskWidgetMixin, ScriptedLoadableModuleWidget, VTK
     """
 
     OUTPUT_NAME_SUFFIX = "bones"
-    APPLY_TOOLTIP = "Segment the bones of the input volume with the chosen model"
+    APPLY_TOOLTIP = "Segment the bones of the input volume (anatomical rules, or the chosen model) and measure them"
     APPLY_FAILURE = "Bone segmentation failed."
 
 
 class BoneSegLogic(MSKSegLib.TaskLogicMixin, ScriptedLoadableModuleLogic):
     """Runs bone models through the task registry (``mskseg.tasks``), usable from Python without the widget.
 
-    Listing, device report, segmentation and export are those of TaskLogicMixin, for the task "bone".
+    Listing, device report, segmentation and export are those of TaskLogicMixin, for the task "bone"; a model
+    card is optional (without one the rules run).
     """
 
     TASK = "bone"
     PARAMETER_NODE = BoneSegParameterNode
+    MODEL_CARD_OPTIONAL = True  # the rule-based method runs without a model
 
 
 class BoneSegTest(MSKSegLib.TaskTestMixin, ScriptedLoadableModuleTest):
@@ -88,4 +92,4 @@ class BoneSegTest(MSKSegLib.TaskTestMixin, ScriptedLoadableModuleTest):
     """
 
     LOGIC = BoneSegLogic
-    SYNTHETIC_CLASSES = ("vertebrae_L1", "femur_left", "rib_left_3")
+    SYNTHETIC_CLASSES = ("vertebrae_L1", "femur_left", "ribs_left")

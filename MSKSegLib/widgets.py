@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mskseg.errors import CancelledError, MSKSegError
-from mskseg.slicer_support import default_export_formats, require_export_folder, require_inputs
+from mskseg.slicer_support import default_export_formats, require_export_folder, require_inputs, require_volume
 
 from mskseg.tasks import get_task, package_available, task_entry
 
@@ -249,8 +249,10 @@ class TaskWidgetMixin:
         if parameters is None:
             return
         idle = not self.running
-        self.ui.applyButton.enabled = bool(parameters.inputVolume and parameters.modelCard and idle)
-        self.ui.applyButton.toolTip = self.APPLY_TOOLTIP if parameters.modelCard else NO_MODEL_CARD_TOOLTIP
+        # a task whose pipeline runs without a model (BoneSeg's rules) needs no card once it is installed
+        ready = bool(parameters.modelCard) or (self.pipelineReady and bool(getattr(self.logic, "MODEL_CARD_OPTIONAL", False)))
+        self.ui.applyButton.enabled = bool(parameters.inputVolume and ready and idle)
+        self.ui.applyButton.toolTip = self.APPLY_TOOLTIP if ready else NO_MODEL_CARD_TOOLTIP
         self.ui.cancelButton.enabled = self.running
         self.ui.exportButton.enabled = bool(parameters.outputSegmentation) and idle
         self.ui.editButton.enabled = bool(parameters.outputSegmentation) and idle
@@ -434,6 +436,8 @@ class TaskLogicMixin:
     PARAMETER_NODE: Any = None
     #: the task's Slicer function that :meth:`process` calls (the registry names it per task).
     PROCESS_FUNCTION = "run_segmentation"
+    #: whether the task runs without a model card (its own rule-based method); the card is then optional.
+    MODEL_CARD_OPTIONAL = False
 
     def getParameterNode(self) -> Any:
         """The scene's parameter node of this module, wrapped in :attr:`PARAMETER_NODE`."""
@@ -459,7 +463,7 @@ class TaskLogicMixin:
         """
         import slicer
 
-        require_inputs(inputVolume, modelCard)
+        self._require(inputVolume, modelCard)
         return task_function(self.TASK, self.PROCESS_FUNCTION)(
             slicer.mrmlScene, inputVolume, modelCard, device=device, progress=progress,
             segmentation_node=outputSegmentation)
@@ -472,8 +476,19 @@ class TaskLogicMixin:
         Raises:
             MSKSegError: no input volume, no model card, or the card file does not exist (checked first).
         """
-        require_inputs(parameters.inputVolume, parameters.modelCard)
-        return ["--model", str(parameters.modelCard), "--device", str(parameters.device)]
+        self._require(parameters.inputVolume, parameters.modelCard)
+        return self._cardOptions(parameters)
+
+    def _require(self, inputVolume: Any, modelCard: str) -> None:
+        """Refuse a missing input volume, and a missing or absent card unless the card is optional."""
+        if self.MODEL_CARD_OPTIONAL and not modelCard:
+            require_volume(inputVolume)
+        else:
+            require_inputs(inputVolume, modelCard)
+
+    def _cardOptions(self, parameters: Any) -> list[str]:
+        card = ["--model", str(parameters.modelCard)] if parameters.modelCard else []
+        return card + ["--device", str(parameters.device)]
 
     def cohortOptions(self, parameters: Any) -> list[str]:
         """The task's command-line options for a cohort run with the choices of ``parameters``: the model card
@@ -482,11 +497,11 @@ class TaskLogicMixin:
         Raises:
             MSKSegError: no model card chosen, or its file does not exist.
         """
-        if not parameters.modelCard:
+        if not parameters.modelCard and not self.MODEL_CARD_OPTIONAL:
             raise MSKSegError("No model card is chosen.", "choose one in the Model list, or add one with '...'")
-        if not Path(str(parameters.modelCard)).is_file():
+        if parameters.modelCard and not Path(str(parameters.modelCard)).is_file():
             raise MSKSegError(f"The model card {parameters.modelCard} does not exist.", "choose another model card")
-        return ["--model", str(parameters.modelCard), "--device", str(parameters.device)]
+        return self._cardOptions(parameters)
 
     def cohortRows(self, outRoot: str | Path) -> list:
         """The rows of the cohort table in ``outRoot`` (empty before the first case finishes)."""

@@ -514,6 +514,7 @@ def fake_app(monkeypatch):
     monkeypatch.setitem(sys.modules, "mskseg.app", app)
     monkeypatch.setattr(mskseg, "app", app, raising=False)
     monkeypatch.setitem(sys.modules, SARCOPENIA_SCENE, app)  # the sarcopenia task's Slicer functions
+    monkeypatch.setitem(sys.modules, "mskseg.bone.scene", app)  # the bone task's Slicer functions
     return calls
 
 
@@ -875,9 +876,17 @@ def test_worker_options_are_the_panel_choices_in_the_tasks_own_command_line(slic
     card.write_text("{}")
     bone = _load_module("BoneSeg", monkeypatch).BoneSegLogic()
     parameters = SimpleNamespace(inputVolume=volume, modelCard=str(card), device="cuda")
-    assert task_options(get_task("bone"), bone.workerOptions(parameters)) == {"model_card": str(card), "device": "cuda"}
+    options = task_options(get_task("bone"), bone.workerOptions(parameters))
+    assert (options["model_card"], options["device"], options["method"]) == (str(card), "cuda", "auto")
+    # BoneSeg runs its rules without a card: no card is no error, the rules run
+    options = task_options(get_task("bone"), bone.workerOptions(SimpleNamespace(inputVolume=volume, modelCard="",
+                                                                                  device="cpu")))
+    assert options["model_card"] is None and options["device"] == "cpu"
+    with pytest.raises(MSKSegError, match="No input volume"):
+        bone.workerOptions(SimpleNamespace(inputVolume=None, modelCard="", device="cpu"))
+    spine = _load_module("SpineSeg", monkeypatch).SpineSegLogic()  # a card task still needs its card
     with pytest.raises(MSKSegError, match="No model"):
-        bone.workerOptions(SimpleNamespace(inputVolume=volume, modelCard="", device="cpu"))
+        spine.workerOptions(SimpleNamespace(inputVolume=volume, modelCard="", device="cpu"))
 
 
 @pytest.mark.parametrize("pipeline_ready", [False, True])
@@ -901,6 +910,19 @@ def test_sarcopenia_apply_needs_no_model_card_once_the_pipeline_is_installed(sli
     widget.updateButtonStates()
     assert widget.ui.applyButton.enabled is True and widget.ui.applyButton.toolTip == widget.APPLY_TOOLTIP
     widget._parameterNode.inputVolume = None
+    widget.updateButtonStates()
+    assert widget.ui.applyButton.enabled is False
+
+
+def test_bone_apply_needs_no_model_card_once_the_pipeline_is_installed(slicer_stubs, monkeypatch):
+    widget = _panel("BoneSeg", monkeypatch, pipeline_ready=True)
+    widget.logic.MODEL_CARD_OPTIONAL = sys.modules["BoneSeg"].BoneSegLogic.MODEL_CARD_OPTIONAL
+    widget._parameterNode.modelCard = ""  # the rules need no card
+    widget.updateButtonStates()
+    assert widget.ui.applyButton.enabled is True and widget.ui.applyButton.toolTip == widget.APPLY_TOOLTIP
+    widget = _panel("SpineSeg", monkeypatch, pipeline_ready=True)
+    widget.logic.MODEL_CARD_OPTIONAL = sys.modules["SpineSeg"].SpineSegLogic.MODEL_CARD_OPTIONAL
+    widget._parameterNode.modelCard = ""  # a card task waits for its card
     widget.updateButtonStates()
     assert widget.ui.applyButton.enabled is False
 

@@ -68,7 +68,7 @@ def test_task_options_mean_what_they_mean_on_the_command_line():
     assert (options["method"], options["slab"], options["level_index"], options["cutoff_set"]) == \
         ("rules", 3, 12, "Martin 2013")
     assert task_options(get_task("bone"), ["--model", "bone.card.json", "--device", "cpu"]) == \
-        {"model_card": "bone.card.json", "device": "cpu"}
+        {"model_card": "bone.card.json", "device": "cpu", "method": "auto", "classes": "all", "levels": None}
 
 
 def test_bad_input_gives_one_error_event_exit_status_2_and_no_traceback(tmp_path):

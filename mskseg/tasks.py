@@ -91,7 +91,8 @@ class TaskEntry:
 TASKS: tuple[TaskEntry, ...] = (
     TaskEntry("sarcopenia", "mskseg.sarcopenia.task", "SarcopeniaSeg",
               "body composition at L3 of a CT: muscle, fat, SMI, flags, report"),
-    TaskEntry("bone", "mskseg.cardtask", "BoneSeg", "bone segmentation in CT with a bone model card"),
+    TaskEntry("bone", "mskseg.bone.task", "BoneSeg",
+              "bone segmentation of a CT (rules or a bone model), classes, volumes, L1-L4 trabecular HU, flag"),
     TaskEntry("spine", "mskseg.cardtask", "SpineSeg", "vertebra segmentation with a spine model card"),
 )
 

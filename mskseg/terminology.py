@@ -93,6 +93,13 @@ def _build_table() -> dict[str, SegmentClass]:
         _c("hip_right", "Right hip bone", ANATOMY, ("SCT", "29836001", "Hip"), (160, 120, 200), RIGHT),
         _c("femur_left", "Left femur", ANATOMY, ("SCT", "71341001", "Femur"), (180, 210, 250), LEFT),
         _c("femur_right", "Right femur", ANATOMY, ("SCT", "71341001", "Femur"), (120, 170, 240), RIGHT),
+        # Bone classes the rules name when they cannot tell single bones apart
+        _c("bone", "Bone", ANATOMY, ("SCT", "272673000", "Bone"), (241, 214, 145)),
+        _c("other_bone", "Other bone", ANATOMY, ("SCT", "272673000", "Bone"), (200, 200, 200)),
+        _c("vertebrae", "Vertebrae (level not identified)", ANATOMY, ("SCT", "44300000", "Vertebral column"),
+           (230, 170, 110)),
+        _c("ribs_left", "Left ribs", ANATOMY, ("SCT", "113197003", "Rib"), (120, 220, 230), LEFT),
+        _c("ribs_right", "Right ribs", ANATOMY, ("SCT", "113197003", "Rib"), (70, 180, 90), RIGHT),
         _c("sternum", "Sternum", ANATOMY, ("SCT", "56873002", "Sternum"), (230, 200, 140)),
         _c("costal_cartilage", "Costal cartilage", ANATOMY, ("SCT", "50016007", "Costal cartilage"), (160, 220, 220)),
         _c("humerus_left", "Left humerus", ANATOMY, ("SCT", "85050009", "Humerus"), (210, 180, 150), LEFT),

@@ -1,0 +1,87 @@
+"""Bone segmentation over an MRML scene: what the BoneSeg module's Logic calls.
+
+Every function runs the task's own steps (:func:`mskseg.bone.pipeline.run_bone`, the same orchestration as
+``mskseg bone``) on the image of a volume node and puts the result into nodes through :mod:`mskseg.mrml`.
+Headless tests run all of it on slicer-core.
+
+* :func:`run_segmentation`: the whole run -> segmentation node (+ its measurements table);
+* :func:`load_result`: a result folder written by :func:`mskseg.bone.export.export_bone` (the background
+  worker's output) into the scene, as :func:`run_segmentation` would have made it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .. import mrml
+from ..engine import CancelToken, Progress
+from ..errors import MSKSegError
+
+#: Segmentation node attributes written here (prefix ``MSKSeg.``).
+PREFIX = "MSKSeg."
+
+
+def run_segmentation(scene, volume_node, card_path: str | Path | None = None, device: str = "auto",
+                     progress: Progress | None = None, segmentation_node=None,
+                     cancel_token: CancelToken | None = None, **options: Any):
+    """Segment and measure the bones of the CT in ``volume_node``; returns the segmentation node.
+
+    ``card_path``: a bone model card (the network method), or empty/None for the rules. ``options`` are those
+    of :func:`mskseg.bone.pipeline.run_bone` (``method``, ``classes``, ``levels``). The measurements go into
+    a table node whose ID the segmentation keeps in ``MSKSeg.MeasurementsTableID``. A ``segmentation_node``
+    that already holds segments (perhaps corrected by hand) is never overwritten: a new node is made.
+    """
+    from .pipeline import run_bone
+
+    image = mrml.volume_node_to_image(volume_node)
+    result = run_bone(image, model_card=str(card_path) if card_path else None, device=device, progress=progress,
+                      cancel_token=cancel_token, **options)
+    node = _segmentation_node(scene, volume_node, result.labelmap, result.labels, segmentation_node)
+    _describe(scene, node, result.describe(), result.rows, result.units)
+    return node
+
+
+def load_result(scene, volume_node, folder: str | Path, segmentation_node=None):
+    """Load a result folder of :func:`mskseg.bone.export.export_bone` into the scene; returns the
+    segmentation node (a new one unless ``segmentation_node`` is empty), with its measurements table.
+
+    Raises:
+        MSKSegError: the folder lacks ``segmentation.seg.nrrd`` or ``metrics.json`` (an incomplete run).
+    """
+    from ..image import labels_on_grid
+    from ..io.segnrrd import read_seg_nrrd
+    from .export import OUTPUT_FILES
+
+    folder = Path(folder)
+    seg_path, json_path = folder / OUTPUT_FILES["seg.nrrd"], folder / OUTPUT_FILES["json"]
+    if not seg_path.is_file() or not json_path.is_file():
+        raise MSKSegError(f"the result folder {folder} is incomplete (no {seg_path.name} or {json_path.name})",
+                          "run the bone segmentation again")
+    described = json.loads(json_path.read_text(encoding="utf-8"))
+    image = mrml.volume_node_to_image(volume_node)
+    labelmap, labels = read_seg_nrrd(seg_path)
+    labelmap = image.with_array(labels_on_grid(labelmap, image), keep_metadata=False)
+    node = _segmentation_node(scene, volume_node, labelmap, labels, segmentation_node)
+    _describe(scene, node, described, described.get("rows") or [], described.get("units") or {})
+    return node
+
+
+def _segmentation_node(scene, volume_node, labelmap, labels, segmentation_node=None):
+    reuse = segmentation_node is not None and mrml.segment_count(segmentation_node) == 0
+    name = mrml.new_segmentation_node_name(scene, f"{mrml.node_name(volume_node)} bones")
+    return mrml.labelmap_to_segmentation_node(labelmap, labels, scene, reference_volume_node=volume_node, name=name,
+                                              segmentation_node=segmentation_node if reuse else None)
+
+
+def _describe(scene, node, described: dict[str, Any], rows: list[dict[str, Any]], units: dict[str, str]) -> None:
+    from ..io.common import flat_rows
+
+    table = mrml.metrics_to_table_node(flat_rows(rows), scene, name=f"{mrml.node_name(node)} measurements",
+                                       units=units)
+    density = described.get("density") or {}
+    mrml.set_attributes(table, {"MSKSeg.Warnings": json.dumps(described.get("warnings") or []),
+                                "MSKSeg.ScreeningFlag": json.dumps(density.get("flag") or {})})
+    mrml.set_attributes(node, {"MeasurementsTableID": mrml.node_id(table), "Method": described.get("method", ""),
+                               "Levels": json.dumps(described.get("levels") or {}),
+                               "ScreeningFlag": (density.get("flag") or {}).get("flag", "")}, prefix=PREFIX)
