@@ -215,20 +215,7 @@ def run_bone(image: Image, *, method: str = "auto", classes: Any = "all", levels
 
     with runner.step("measure", "measuring"):
         spacing = canon.spacing
-        voxel_cm3 = float(np.prod(spacing)) / 1000.0
-        rows: list[dict[str, Any]] = []
-        flat = labelmap.ravel()
-        counts = np.bincount(flat, minlength=256)
-        sums = np.bincount(flat, weights=hu.ravel().astype(np.float64), minlength=256)
-        squares = np.bincount(flat, weights=hu.ravel().astype(np.float64) ** 2, minlength=256)
-        for value, name in sorted(labels.items()):
-            n = counts[value]
-            if n == 0:
-                continue
-            mean = sums[value] / n
-            rows.append({"row": "class", "class": name, "volume_cm3": round(float(n * voxel_cm3), 3),
-                         "mean_HU": round(float(mean), 1),
-                         "SD_HU": round(float(np.sqrt(max(squares[value] / n - mean ** 2, 0.0))), 1)})
+        rows: list[dict[str, Any]] = class_rows(hu, labelmap, labels, spacing)
         spine = rules.spine
         k_mid = int(np.clip(np.median([k for k in level_slices.values()] or [k_n // 2]), 0, k_n - 1))
         phase = contrast_phase(details["tubes"], float(spine.x[k_mid]), float(spine.front[k_mid]), spacing)
@@ -256,6 +243,27 @@ def run_bone(image: Image, *, method: str = "auto", classes: Any = "all", levels
                       labels=labels, method=method_name, levels=level_out, level_method=level_method, rows=rows,
                       density=density, cross_check=cross, warnings=list(dict.fromkeys(warnings)),
                       timings=dict(runner.timings), canonical=view)
+
+
+def class_rows(hu: np.ndarray, labelmap: np.ndarray, labels: Labels, spacing) -> list[dict[str, Any]]:
+    """One row per class present in ``labelmap``: volume (cm3), mean and SD of HU (any orientation)."""
+    voxel_cm3 = float(np.prod(spacing)) / 1000.0
+    rows: list[dict[str, Any]] = []
+    flat = np.asarray(labelmap).astype(np.int64).ravel()
+    values = np.asarray(hu).ravel().astype(np.float64)
+    size = max(int(flat.max(initial=0)) + 1, 256)
+    counts = np.bincount(flat, minlength=size)
+    sums = np.bincount(flat, weights=values, minlength=size)
+    squares = np.bincount(flat, weights=values ** 2, minlength=size)
+    for value, name in sorted(labels.items()):
+        n = counts[value] if value < size else 0
+        if n == 0:
+            continue
+        mean = sums[value] / n
+        rows.append({"row": "class", "class": name, "volume_cm3": round(float(n * voxel_cm3), 3),
+                     "mean_HU": round(float(mean), 1),
+                     "SD_HU": round(float(np.sqrt(max(squares[value] / n - mean ** 2, 0.0))), 1)})
+    return rows
 
 
 def _network(canon: Image, model_card: Any, device: str, report: Progress, cancel_token, rules_bone: np.ndarray):
