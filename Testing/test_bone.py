@@ -149,3 +149,32 @@ def test_ircad_real_ct_all_bone_dice_and_input_grid():
     found = np.asarray(result.labelmap.array) > 0
     dice = 2 * (truth & found).sum() / (truth.sum() + found.sum())
     assert dice >= 0.80, dice
+
+
+def test_contrast_phase_of_a_native_and_a_portal_torso(torso_sample, torso_result):
+    """The aorta is found as the round contrast-filled tube in front of / left of the spine on a portal-venous
+    torso (its centre inside the drawn aorta, the correction applied), and none on the same anatomy unenhanced."""
+    from mskseg.bone.density import PORTAL_VENOUS_OFFSET_HU
+    from mskseg.bone.rules import find_aorta
+
+    portal = torso_result.density["phase"]
+    assert portal["phase"] == "portal-venous" and portal["correction_hu"] == -PORTAL_VENOUS_OFFSET_HU
+    view = torso_result.canonical
+    aorta = find_aorta(np.asarray(view.image.array), view.labelmap > 0, view.spine, view.image.spacing)
+    assert aorta is not None and aorta["median_hu"] == portal["aorta_hu"] and aorta["z_extent_mm"] >= 40
+    truth = torso_sample.labels.array == TORSO_LABEL_VALUE["aorta"]  # the torso is stored axially (identity)
+    k = aorta["slices"][len(aorta["slices"]) // 2]
+    assert truth[k, int(round(aorta["y"])), int(round(aorta["x"]))]
+    row = next(r for r in torso_result.rows if r.get("level") == "L1")
+    assert row["trabecular_HU_corrected"] == pytest.approx(row["trabecular_HU"] - PORTAL_VENOUS_OFFSET_HU, abs=0.11)
+
+    from mskseg.synth.torso import make_torso
+
+    habitus = {"sex": "M", "age": 60.0, "height_m": 1.78, "weight_kg": 84.0, "bmi": 84.0 / 1.78 ** 2, "arms": "up"}
+    native = make_torso(np.random.default_rng(3), z_range=("T11", "S1"), spacing_mm=(1.5, 1.5, 5.0),
+                        variant="normal", habitus=habitus, size=256, phase="native")  # small_torso's anatomy
+    result = run_bone(native.image, device="cpu")
+    phase = result.density["phase"]
+    assert phase["phase"] == "unenhanced" and phase["aorta_hu"] is None and phase["correction_hu"] == 0.0
+    row = next(r for r in result.rows if r.get("level") == "L1")
+    assert row["trabecular_HU_corrected"] == row["trabecular_HU"]

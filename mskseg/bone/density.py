@@ -7,8 +7,8 @@ osteoporosis screening flag.
   basivertebral vein that enters from behind, and kept at least 3 mm inside the cortex.
 * :func:`measure_lumbar_density`: that ROI on the mid-body slices (the centre slice and those within 3 mm) of
   L1-L4 as in view: mean, SD and area of HU.
-* :func:`contrast_phase`: the phase from the aorta's HU (the contrast-filled tube of
-  :func:`mskseg.bone.rules.contrast_vessels`): none found -> unenhanced; median 150-250 HU -> portal-venous-like;
+* :func:`contrast_phase`: the phase from the aorta's HU (the round contrast-filled tube in front of / left of
+  the vertebral bodies found by :func:`mskseg.bone.rules.find_aorta`): none found -> unenhanced; median 100-250 HU -> portal-venous-like;
   above 250 HU -> arterial or angiographic.
 * :func:`screening_flag`: the thresholds of Pickhardt et al. 2013 (Ann Intern Med 158:588-595) at L1: <= 160 HU
   about 90 % sensitive, <= 110 HU more than 90 % specific for osteoporosis (DXA T-score <= -2.5). A screening
@@ -34,8 +34,9 @@ SENSITIVE_HU = 160.0
 SPECIFIC_HU = 110.0
 #: Mean L1 difference portal-venous minus unenhanced, Pickhardt et al. 2016 (Osteoporos Int 27:147-152).
 PORTAL_VENOUS_OFFSET_HU = 11.2
-#: Aorta median HU above which the scan is taken as contrast-enhanced; above the second, arterial.
-CONTRAST_AORTA_HU = 150.0
+#: Aorta median HU from which the scan is taken as contrast-enhanced (unenhanced blood is about 30-60 HU; the
+#: aorta finder's lumen starts at 100 HU, :data:`mskseg.bone.rules.AORTA_LUMEN_HU`); above the second, arterial.
+CONTRAST_AORTA_HU = 100.0
 ARTERIAL_AORTA_HU = 250.0
 #: Levels measured.
 DENSITY_LEVELS = ("L1", "L2", "L3", "L4")
@@ -72,20 +73,11 @@ class LevelDensity:
     roi: np.ndarray = field(repr=False)  # bool (len(slices), J, I): the ROI on each slice
 
 
-def contrast_phase(tubes: list[dict[str, float]], spine_x: float | None = None, spine_front: float | None = None,
-                   spacing: tuple[float, float, float] | None = None) -> Phase:
-    """The phase from the contrast-filled tubes found (:func:`mskseg.bone.rules.contrast_vessels`): the aorta
-    is the longest tube in front of the spine (within 80 mm of its front and 60 mm of its centre when given)."""
-    aorta = None
-    candidates = list(tubes)
-    if spine_x is not None and spine_front is not None and spacing is not None:
-        candidates = [t for t in tubes if abs(t["x"] - spine_x) * spacing[0] <= 60.0
-                      and -80.0 <= (t["y"] - spine_front) * spacing[1] <= 10.0]
-    if candidates:
-        aorta = max(candidates, key=lambda t: (t["z_extent_mm"], t["voxels"]))
+def contrast_phase(aorta: dict[str, Any] | None) -> Phase:
+    """The phase from the contrast-filled aorta found by :func:`mskseg.bone.rules.find_aorta` (None: none)."""
     if aorta is None or aorta["median_hu"] < CONTRAST_AORTA_HU:
         return Phase("unenhanced", None if aorta is None else round(aorta["median_hu"], 1), 0.0,
-                     "no contrast-filled aorta found (median >= 150 HU): taken as unenhanced, no correction applied")
+                     "no contrast-filled aorta found (median >= 100 HU): taken as unenhanced, no correction applied")
     hu = round(float(aorta["median_hu"]), 1)
     if hu > ARTERIAL_AORTA_HU:
         return Phase("arterial", hu, 0.0,

@@ -156,7 +156,7 @@ def run_bone(image: Image, *, method: str = "auto", classes: Any = "all", levels
     from ..ctvalues import map_padding_to_air
     from ..spine.checks import LevelNotFoundError
     from .density import contrast_phase, measure_lumbar_density, screening_flag
-    from .rules import BONE_VALUE, classify_bone, parse_classes, restrict_classes, segment_bone
+    from .rules import BONE_VALUE, classify_bone, find_aorta, parse_classes, restrict_classes, segment_bone
 
     if method not in METHODS:
         raise MSKSegError(f"unknown method '{method}'", f"use one of {', '.join(METHODS)}")
@@ -217,8 +217,7 @@ def run_bone(image: Image, *, method: str = "auto", classes: Any = "all", levels
         spacing = canon.spacing
         rows: list[dict[str, Any]] = class_rows(hu, labelmap, labels, spacing)
         spine = rules.spine
-        k_mid = int(np.clip(np.median([k for k in level_slices.values()] or [k_n // 2]), 0, k_n - 1))
-        phase = contrast_phase(details["tubes"], float(spine.x[k_mid]), float(spine.front[k_mid]), spacing)
+        phase = contrast_phase(find_aorta(hu, bone, spine, spacing))
         # density on the rules' named vertebrae (whatever classes were asked for in the output)
         level_values = {n[len("vertebrae_"):]: v for n, v in BONE_VALUE.items() if n.startswith("vertebrae_")}
         densities = measure_lumbar_density(hu, rules.labelmap, level_values, level_slices, spine, spacing, phase)
