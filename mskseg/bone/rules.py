@@ -383,21 +383,31 @@ def find_aorta(hu: np.ndarray, bone: np.ndarray, spine: SpineTrack, spacing: tup
             "slices": [k for k, _ in best], "voxels": int(values.size)}
 
 
+def _pieces(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """The 2D pieces of ``mask`` (components per axial slice): ``(labels, centre column, centre row, slice)``,
+    the last three indexed by label (entry 0 unused); None when there is none."""
+    labels, n = ndimage.label(mask, structure=_plane(2))
+    if n == 0:
+        return None
+    kk, jj, ii = np.nonzero(labels)
+    value = labels[kk, jj, ii]
+    count = np.maximum(np.bincount(value, minlength=n + 1).astype(float), 1)
+    cx = np.bincount(value, weights=ii, minlength=n + 1) / count
+    cy = np.bincount(value, weights=jj, minlength=n + 1) / count
+    ck = np.zeros(n + 1, int)
+    ck[value] = kk
+    return labels, cx, cy, ck
+
+
 def column_mask(bone: np.ndarray, spine: SpineTrack, spacing: tuple[float, float, float]) -> np.ndarray:
     """Bone of the vertebral column: bone pieces (2D components per axial slice) whose centre lies within
     :data:`COLUMN_HALF_WIDTH_MM` of the spine and between 10 mm in front of the vertebral body and 110 mm
     behind its front."""
     sx, sy, _ = spacing
-    labels, n = ndimage.label(bone, structure=_plane(2))
-    if n == 0:
+    pieces = _pieces(bone)
+    if pieces is None:
         return np.zeros(bone.shape, bool)
-    kk, jj, ii = np.nonzero(labels)
-    value = labels[kk, jj, ii]
-    count = np.bincount(value, minlength=n + 1).astype(float)
-    cx = np.bincount(value, weights=ii, minlength=n + 1) / np.maximum(count, 1)
-    cy = np.bincount(value, weights=jj, minlength=n + 1) / np.maximum(count, 1)
-    ck = np.zeros(n + 1, int)
-    ck[value] = kk
+    labels, cx, cy, ck = pieces
     dx = np.abs(cx - spine.x[ck]) * sx
     dy = (cy - spine.front[ck]) * sy
     keep = (dx <= COLUMN_HALF_WIDTH_MM) & (dy >= -10.0) & (dy <= 110.0)
@@ -570,16 +580,10 @@ def _front_midline(mask: np.ndarray, spine: SpineTrack, spacing: tuple[float, fl
     """Pieces (2D components) centred within 25 mm of the midline and more than 40 mm in front of the spine:
     the sternum and xiphoid, which the rules do not name."""
     sx, sy, _ = spacing
-    labels, n = ndimage.label(mask, structure=_plane(2))
-    if n == 0:
+    pieces = _pieces(mask)
+    if pieces is None:
         return np.zeros(mask.shape, bool)
-    kk, jj, ii = np.nonzero(labels)
-    value = labels[kk, jj, ii]
-    count = np.bincount(value, minlength=n + 1).astype(float)
-    cx = np.bincount(value, weights=ii, minlength=n + 1) / np.maximum(count, 1)
-    cy = np.bincount(value, weights=jj, minlength=n + 1) / np.maximum(count, 1)
-    ck = np.zeros(n + 1, int)
-    ck[value] = kk
+    labels, cx, cy, ck = pieces
     keep = (np.abs(cx - spine.x[ck]) * sx <= 25.0) & ((spine.front[ck] - cy) * sy > 40.0)
     keep[0] = False
     return keep[labels]
