@@ -171,6 +171,23 @@ def final_paths(paths: Iterable[str | Path], staging: Path, out_dir: str | Path)
     return result
 
 
+def read_result_folder(folder: str | Path, output_files: dict[str, str], again: str) -> tuple[Path, dict[str, Any]]:
+    """A task's result folder for loading: ``(path of its .seg.nrrd, its metrics.json as a dict)``.
+
+    ``output_files`` is the task's ``OUTPUT_FILES`` (keys ``"seg.nrrd"`` and ``"json"``); ``again`` is the hint.
+
+    Raises:
+        MSKSegError: either file is missing (an incomplete run).
+    """
+    from ..errors import MSKSegError
+
+    folder = Path(folder)
+    seg_path, json_path = folder / output_files["seg.nrrd"], folder / output_files["json"]
+    if not seg_path.is_file() or not json_path.is_file():
+        raise MSKSegError(f"the result folder {folder} is incomplete (no {seg_path.name} or {json_path.name})", again)
+    return seg_path, json.loads(json_path.read_text(encoding="utf-8"))
+
+
 def read_marker(out_dir: str | Path) -> dict[str, Any] | None:
     """The completion marker of a result folder, or None when there is none. A marker that cannot be read
     (cut short by a crash) counts as an incomplete result."""

@@ -185,12 +185,9 @@ def load_result(scene, volume_node, folder: str | Path, segmentation_node=None, 
     from .export import OUTPUT_FILES
     from .l3 import L3Result
 
-    folder = Path(folder)
-    seg_path, json_path = folder / OUTPUT_FILES["seg.nrrd"], folder / OUTPUT_FILES["json"]
-    if not seg_path.is_file() or not json_path.is_file():
-        raise MSKSegError(f"the result folder {folder} is incomplete (no {seg_path.name} or {json_path.name})",
-                          "run the analysis again")
-    described = json.loads(json_path.read_text(encoding="utf-8"))
+    from ..io.output import read_result_folder
+
+    seg_path, described = read_result_folder(folder, OUTPUT_FILES, "run the analysis again")
     image = mrml.volume_node_to_image(volume_node)
     labelmap, labels = _read_seg(seg_path, image)
     level = described.get("level") or {}
