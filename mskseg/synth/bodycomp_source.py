@@ -183,11 +183,10 @@ class BodycompMixSource:
         from ..train.data import resample_array
 
         sample = self.phantoms._sample(index)
-        names = {int(k) if not isinstance(k, str) else int(v): str(v if not isinstance(k, str) else k)
-                 for k, v in dict(sample.group_labels).items()}
+        by_name = {n: v for v, n in GROUP_LABELS.items()}
         groups = np.zeros(np.shape(sample.muscle_groups), np.uint8)
-        for value, name in names.items():
-            groups[np.asarray(sample.muscle_groups) == value] = {n: v for v, n in GROUP_LABELS.items()}[name]
+        for value, name in dict(sample.group_labels).items():  # matched by name, whatever the phantom's values
+            groups[np.asarray(sample.muscle_groups) == int(value)] = by_name[str(name)]
         arr, spacing = np.asarray(sample.image.array, np.float32), sample.image.spacing
         target = self.input_spec.get("spacing_mm")
         if target:
